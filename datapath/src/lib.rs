@@ -1,0 +1,17 @@
+//! tclab's TC datapath and tracing agent.
+//!
+//! The kernel side is C (`ebpf/`); this crate embeds the built objects, loads
+//! and attaches them, and turns their events into spans. The `tclab-agent`
+//! binary is a thin CLI over [`agent`]; the lab embeds the same library.
+
+pub mod agent;
+pub mod attach;
+pub mod chain;
+pub mod ct;
+pub mod events;
+pub mod loader;
+pub mod metrics;
+pub mod probe;
+pub mod span;
+pub mod types;
+pub mod w3c;

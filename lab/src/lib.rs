@@ -1,0 +1,2 @@
+//! The tclab conformance lab: scenario files replayed through TC chains on the
+//! host kernel or inside QEMU on pinned distro kernels.
