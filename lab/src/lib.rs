@@ -1,2 +1,4 @@
 //! The tclab conformance lab: scenario files replayed through TC chains on the
 //! host kernel or inside QEMU on pinned distro kernels.
+pub mod frame;
+pub mod snapshot;
