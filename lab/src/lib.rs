@@ -2,3 +2,4 @@
 //! host kernel or inside QEMU on pinned distro kernels.
 pub mod frame;
 pub mod snapshot;
+pub mod rewrite;
