@@ -1,1 +1,606 @@
-//! (being written)
+//! Ring-buffer events from the classifiers, decoded into [`Event`].
+//!
+//! The wire layout is `ebpf/include/tclab_types.h` (`event_header`,
+//! `http_event`, `conn_event`). Decoding is done from bytes at the header's
+//! offsets (checked against the `#[repr(C)]` mirrors in `types.rs` by a test),
+//! so a short or corrupt record is an error, never undefined behaviour.
+//! Method, path, host, status and Content-Length are parsed here from the
+//! captured payload; the traceparent verdict is the kernel's.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use serde::{Deserialize, Serialize};
+
+/// Event kinds (`enum tclab_event_kind`).
+pub mod kind {
+    /// Connection opened (CT entry created).
+    pub const CONN_OPEN: u32 = 1;
+    /// Connection closed (FIN/RST on both sides).
+    pub const CONN_CLOSE: u32 = 2;
+    /// HTTP request line seen.
+    pub const HTTP_REQUEST: u32 = 3;
+    /// HTTP status line seen.
+    pub const HTTP_RESPONSE: u32 = 4;
+    /// CT insert failed (table full).
+    pub const CT_INSERT_FAILED: u32 = 5;
+    /// Later segment of a request whose headers were split.
+    pub const HTTP_CONTINUATION: u32 = 6;
+}
+
+/// Byte offsets and sizes from tclab_types.h.
+pub mod layout {
+    /// `sizeof(struct ct_tuple)`.
+    pub const TUPLE_SIZE: usize = 40;
+    /// `sizeof(struct ct_entry)`.
+    pub const ENTRY_SIZE: usize = 56;
+    /// `sizeof(struct event_header)`.
+    pub const HEADER_SIZE: usize = 64;
+    /// `offsetof(struct event_header, tuple)`.
+    pub const HDR_TUPLE: usize = 16;
+    /// `offsetof(struct event_header, dir)`.
+    pub const HDR_DIR: usize = 56;
+    /// `offsetof(struct http_event, payload_len)`.
+    pub const HTTP_PAYLOAD_LEN: usize = 64;
+    /// `offsetof(struct http_event, captured_len)`.
+    pub const HTTP_CAPTURED_LEN: usize = 68;
+    /// `offsetof(struct http_event, traceparent_status)`.
+    pub const HTTP_TP_STATUS: usize = 70;
+    /// `offsetof(struct http_event, tracestate_len)`.
+    pub const HTTP_TS_LEN: usize = 71;
+    /// `offsetof(struct http_event, traceparent)`.
+    pub const HTTP_TRACEPARENT: usize = 72;
+    /// `TCLAB_TRACEPARENT_LEN + 1`.
+    pub const TRACEPARENT_CAP: usize = 56;
+    /// `offsetof(struct http_event, tracestate)`.
+    pub const HTTP_TRACESTATE: usize = 135;
+    /// `TCLAB_TRACESTATE_MAX`.
+    pub const TRACESTATE_CAP: usize = 128;
+    /// `offsetof(struct http_event, payload)`.
+    pub const HTTP_PAYLOAD: usize = 263;
+    /// `TCLAB_PAYLOAD_CAPTURE`.
+    pub const PAYLOAD_CAP: usize = 256;
+    /// `offsetof(struct conn_event, entry)`.
+    pub const CONN_ENTRY: usize = 64;
+}
+
+/// A decoding failure: which record, and what was wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    /// The record is shorter than its kind requires.
+    #[error("failed to decode event kind {kind}: record is {len} bytes, expected at least {need}")]
+    Short {
+        /// Event kind.
+        kind: u32,
+        /// Record length.
+        len: usize,
+        /// Bytes required.
+        need: usize,
+    },
+    /// Unknown `kind`.
+    #[error("failed to decode event: unknown kind {0}")]
+    UnknownKind(u32),
+    /// A field holds an impossible value.
+    #[error("failed to decode event kind {kind}: {reason}")]
+    Invalid {
+        /// Event kind.
+        kind: u32,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Which TC hook saw the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Received on the device.
+    Ingress,
+    /// Sent through the device.
+    Egress,
+}
+
+/// A connection 5-tuple as the packet carried it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Tuple {
+    /// Source address.
+    pub saddr: IpAddr,
+    /// Destination address.
+    pub daddr: IpAddr,
+    /// Source port (host order).
+    pub sport: u16,
+    /// Destination port (host order).
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+}
+
+impl Tuple {
+    /// The same connection seen from the other side.
+    pub fn reversed(&self) -> Tuple {
+        Tuple { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, proto: self.proto }
+    }
+
+    /// Decode a `struct ct_tuple`.
+    pub fn decode(b: &[u8]) -> Result<Tuple, String> {
+        if b.len() < layout::TUPLE_SIZE {
+            return Err(format!("tuple is {} bytes, expected {}", b.len(), layout::TUPLE_SIZE));
+        }
+        let addr = |a: &[u8]| -> Result<IpAddr, String> {
+            match b[37] {
+                4 => Ok(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
+                6 => Ok(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&a[..16]).unwrap_or([0; 16])))),
+                f => Err(format!("unknown address family {f}")),
+            }
+        };
+        Ok(Tuple {
+            saddr: addr(&b[0..16])?,
+            daddr: addr(&b[16..32])?,
+            sport: u16::from_be_bytes([b[32], b[33]]),
+            dport: u16::from_be_bytes([b[34], b[35]]),
+            proto: b[36],
+        })
+    }
+
+    /// Encode as a `struct ct_tuple` (for CT map lookups and tests).
+    pub fn encode(&self) -> [u8; layout::TUPLE_SIZE] {
+        let mut b = [0u8; layout::TUPLE_SIZE];
+        let put = |dst: &mut [u8], a: &IpAddr| match a {
+            IpAddr::V4(v4) => dst[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => dst[..16].copy_from_slice(&v6.octets()),
+        };
+        put(&mut b[0..16], &self.saddr);
+        put(&mut b[16..32], &self.daddr);
+        b[32..34].copy_from_slice(&self.sport.to_be_bytes());
+        b[34..36].copy_from_slice(&self.dport.to_be_bytes());
+        b[36] = self.proto;
+        b[37] = if self.saddr.is_ipv4() { 4 } else { 6 };
+        b
+    }
+}
+
+/// A `struct ct_entry`, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CtEntry {
+    /// Originator-direction packets.
+    pub tx_packets: u64,
+    /// Originator-direction bytes.
+    pub tx_bytes: u64,
+    /// Reply-direction packets.
+    pub rx_packets: u64,
+    /// Reply-direction bytes.
+    pub rx_bytes: u64,
+    /// Insert time (CLOCK_MONOTONIC ns).
+    pub created_ns: u64,
+    /// Expiry (CLOCK_MONOTONIC ns).
+    pub expires_ns: u64,
+    /// TCP flags OR-ed, originator.
+    pub tx_flags_seen: u8,
+    /// TCP flags OR-ed, reply.
+    pub rx_flags_seen: u8,
+    /// `enum ct_entry_flag` bits.
+    pub flags: u8,
+    /// Hook of the creating packet (0 ingress, 1 egress).
+    pub created_dir: u8,
+    /// `enum ct_status` of the last packet.
+    pub last_status: u8,
+}
+
+impl CtEntry {
+    /// Decode a `struct ct_entry`.
+    pub fn decode(b: &[u8]) -> Result<CtEntry, String> {
+        if b.len() < layout::ENTRY_SIZE {
+            return Err(format!("ct entry is {} bytes, expected {}", b.len(), layout::ENTRY_SIZE));
+        }
+        let u = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        Ok(CtEntry {
+            tx_packets: u(0),
+            tx_bytes: u(1),
+            rx_packets: u(2),
+            rx_bytes: u(3),
+            created_ns: u(4),
+            expires_ns: u(5),
+            tx_flags_seen: b[48],
+            rx_flags_seen: b[49],
+            flags: b[50],
+            created_dir: b[51],
+            last_status: b[52],
+        })
+    }
+}
+
+/// Fields every event carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMeta {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Device the program is attached to.
+    pub ifindex: u32,
+    /// The packet's own tuple (not the CT key).
+    pub tuple: Tuple,
+    /// Hook that saw it.
+    pub dir: Direction,
+    /// `enum ct_status` of the lookup.
+    pub ct_status: u8,
+    /// TCP flags of the packet.
+    pub tcp_flags: u8,
+}
+
+/// The kernel's W3C verdict on the request's traceparent header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", content = "value", rename_all = "snake_case")]
+pub enum Traceparent {
+    /// No header found.
+    Missing,
+    /// A valid header (the value, lower-case, 55 chars).
+    Valid(String),
+    /// A header that failed validation (what the kernel captured, if anything).
+    Invalid(String),
+}
+
+/// An HTTP request line (and whatever headers fit the capture).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRequest {
+    /// Common fields.
+    pub meta: EventMeta,
+    /// Request method.
+    pub method: String,
+    /// Request target.
+    pub path: String,
+    /// `Host` header, when captured.
+    pub host: Option<String>,
+    /// `Content-Length`, when captured.
+    pub content_length: Option<u64>,
+    /// Traceparent verdict.
+    pub traceparent: Traceparent,
+    /// `tracestate` value, when present.
+    pub tracestate: Option<String>,
+    /// TCP payload length of the segment.
+    pub size: u32,
+    /// The header block ended inside the captured bytes.
+    pub headers_complete: bool,
+}
+
+/// An HTTP status line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpResponse {
+    /// Common fields.
+    pub meta: EventMeta,
+    /// Status code.
+    pub status: u16,
+    /// `Content-Length`, when captured.
+    pub content_length: Option<u64>,
+    /// TCP payload length of the segment.
+    pub size: u32,
+}
+
+/// A later segment of a request whose headers were split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpContinuation {
+    /// Common fields.
+    pub meta: EventMeta,
+    /// `Host` header, when in this segment.
+    pub host: Option<String>,
+    /// Traceparent verdict for this segment.
+    pub traceparent: Traceparent,
+    /// `tracestate` value, when present.
+    pub tracestate: Option<String>,
+    /// TCP payload length of the segment.
+    pub size: u32,
+}
+
+/// One decoded ring-buffer record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A CT entry was created.
+    ConnOpen {
+        /// Common fields.
+        meta: EventMeta,
+        /// The entry.
+        entry: CtEntry,
+    },
+    /// A connection closed.
+    ConnClose {
+        /// Common fields.
+        meta: EventMeta,
+        /// The entry at close.
+        entry: CtEntry,
+    },
+    /// Request line.
+    HttpRequest(HttpRequest),
+    /// Status line.
+    HttpResponse(HttpResponse),
+    /// Split request's later segment.
+    HttpContinuation(HttpContinuation),
+    /// The CT table was full.
+    CtInsertFailed {
+        /// Common fields.
+        meta: EventMeta,
+    },
+}
+
+impl Event {
+    /// Common fields of any event.
+    pub fn meta(&self) -> &EventMeta {
+        match self {
+            Event::ConnOpen { meta, .. } | Event::ConnClose { meta, .. } | Event::CtInsertFailed { meta } => meta,
+            Event::HttpRequest(r) => &r.meta,
+            Event::HttpResponse(r) => &r.meta,
+            Event::HttpContinuation(c) => &c.meta,
+        }
+    }
+
+    /// Decode one ring-buffer record.
+    ///
+    /// # Errors
+    /// [`EventError`] for short records, unknown kinds, bad families.
+    pub fn decode(b: &[u8]) -> Result<Event, EventError> {
+        if b.len() < 12 {
+            return Err(EventError::Short { kind: 0, len: b.len(), need: layout::HEADER_SIZE });
+        }
+        let kind = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+        let need = match kind {
+            kind::CONN_OPEN | kind::CONN_CLOSE | kind::CT_INSERT_FAILED => layout::CONN_ENTRY + layout::ENTRY_SIZE,
+            kind::HTTP_REQUEST | kind::HTTP_RESPONSE | kind::HTTP_CONTINUATION => {
+                layout::HTTP_PAYLOAD + layout::PAYLOAD_CAP
+            }
+            k => return Err(EventError::UnknownKind(k)),
+        };
+        if b.len() < need {
+            return Err(EventError::Short { kind, len: b.len(), need });
+        }
+        let meta = decode_meta(kind, b)?;
+        let invalid = |reason: String| EventError::Invalid { kind, reason };
+        Ok(match kind {
+            kind::CONN_OPEN | kind::CONN_CLOSE => {
+                let entry = CtEntry::decode(&b[layout::CONN_ENTRY..]).map_err(invalid)?;
+                if kind == kind::CONN_OPEN { Event::ConnOpen { meta, entry } } else { Event::ConnClose { meta, entry } }
+            }
+            kind::CT_INSERT_FAILED => Event::CtInsertFailed { meta },
+            _ => decode_http(kind, meta, b)?,
+        })
+    }
+}
+
+fn decode_meta(kind: u32, b: &[u8]) -> Result<EventMeta, EventError> {
+    let tuple = Tuple::decode(&b[layout::HDR_TUPLE..layout::HDR_TUPLE + layout::TUPLE_SIZE])
+        .map_err(|reason| EventError::Invalid { kind, reason })?;
+    let dir = match b[layout::HDR_DIR] {
+        0 => Direction::Ingress,
+        1 => Direction::Egress,
+        d => return Err(EventError::Invalid { kind, reason: format!("unknown direction {d}") }),
+    };
+    Ok(EventMeta {
+        ts_ns: u64::from_ne_bytes(b[0..8].try_into().unwrap_or([0; 8])),
+        ifindex: u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+        tuple,
+        dir,
+        ct_status: b[layout::HDR_DIR + 1],
+        tcp_flags: b[layout::HDR_DIR + 2],
+    })
+}
+
+fn nul_trimmed(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn decode_http(kind: u32, meta: EventMeta, b: &[u8]) -> Result<Event, EventError> {
+    use layout::*;
+    let size = u32::from_ne_bytes(b[HTTP_PAYLOAD_LEN..HTTP_PAYLOAD_LEN + 4].try_into().unwrap_or([0; 4]));
+    let captured = usize::from(u16::from_ne_bytes([b[HTTP_CAPTURED_LEN], b[HTTP_CAPTURED_LEN + 1]])).min(PAYLOAD_CAP);
+    let payload = &b[HTTP_PAYLOAD..HTTP_PAYLOAD + captured];
+    let tp_value = nul_trimmed(&b[HTTP_TRACEPARENT..HTTP_TRACEPARENT + TRACEPARENT_CAP]);
+    let traceparent = match b[HTTP_TP_STATUS] {
+        0 => Traceparent::Missing,
+        1 => Traceparent::Valid(tp_value),
+        2 => Traceparent::Invalid(tp_value),
+        s => return Err(EventError::Invalid { kind, reason: format!("unknown traceparent status {s}") }),
+    };
+    let ts_len = usize::from(b[HTTP_TS_LEN]).min(TRACESTATE_CAP);
+    let tracestate = (ts_len > 0).then(|| String::from_utf8_lossy(&b[HTTP_TRACESTATE..HTTP_TRACESTATE + ts_len]).into_owned());
+    let parsed = parse_http_head(payload);
+    Ok(match kind {
+        kind::HTTP_REQUEST => {
+            let Some(StartLine::Request { method, path }) = parsed.start else {
+                return Err(EventError::Invalid { kind, reason: "payload has no request line".into() });
+            };
+            Event::HttpRequest(HttpRequest {
+                meta,
+                method,
+                path,
+                host: parsed.host,
+                content_length: parsed.content_length,
+                traceparent,
+                tracestate,
+                size,
+                headers_complete: parsed.complete,
+            })
+        }
+        kind::HTTP_RESPONSE => {
+            let Some(StartLine::Response { status }) = parsed.start else {
+                return Err(EventError::Invalid { kind, reason: "payload has no status line".into() });
+            };
+            Event::HttpResponse(HttpResponse { meta, status, content_length: parsed.content_length, size })
+        }
+        _ => Event::HttpContinuation(HttpContinuation { meta, host: parsed.host, traceparent, tracestate, size }),
+    })
+}
+
+/// First line of an HTTP message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartLine {
+    /// `METHOD target HTTP/1.x`.
+    Request {
+        /// Method token.
+        method: String,
+        /// Target.
+        path: String,
+    },
+    /// `HTTP/1.x NNN reason`.
+    Response {
+        /// Status code.
+        status: u16,
+    },
+}
+
+/// What [`parse_http_head`] found in (the captured start of) a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpHead {
+    /// Start line, if the bytes begin with one.
+    pub start: Option<StartLine>,
+    /// `Host`.
+    pub host: Option<String>,
+    /// `Content-Length`.
+    pub content_length: Option<u64>,
+    /// The empty line ending the headers was seen.
+    pub complete: bool,
+}
+
+/// Parse the start line and the headers we use from a (possibly truncated)
+/// HTTP/1.x head. Lines cut by the capture limit are ignored, not guessed.
+pub fn parse_http_head(payload: &[u8]) -> HttpHead {
+    let mut head = HttpHead::default();
+    let mut lines = payload.split(|&c| c == b'\n').peekable();
+    let mut first = true;
+    while let Some(raw) = lines.next() {
+        // The last piece has no '\n': it was cut by the capture.
+        let whole = lines.peek().is_some();
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if !whole {
+            break;
+        }
+        if line.is_empty() {
+            head.complete = true;
+            break;
+        }
+        let text = String::from_utf8_lossy(line);
+        if first {
+            first = false;
+            head.start = parse_start_line(&text);
+            if head.start.is_some() {
+                continue;
+            }
+        }
+        if let Some((name, value)) = text.split_once(':') {
+            let value = value.trim_matches([' ', '\t']);
+            if name.eq_ignore_ascii_case("host") {
+                head.host = Some(value.to_owned());
+            } else if name.eq_ignore_ascii_case("content-length") {
+                head.content_length = value.parse().ok();
+            }
+        }
+    }
+    head
+}
+
+fn parse_start_line(line: &str) -> Option<StartLine> {
+    let mut parts = line.splitn(3, ' ');
+    let (a, b, c) = (parts.next()?, parts.next()?, parts.next());
+    if let Some(version) = a.strip_prefix("HTTP/") {
+        let _ = version;
+        let status: u16 = b.parse().ok().filter(|s| (100..1000).contains(s))?;
+        return Some(StartLine::Response { status });
+    }
+    let is_token = !a.is_empty() && a.bytes().all(|c| c.is_ascii_uppercase() || c == b'-' || c == b'_');
+    (is_token && c.is_some_and(|v| v.starts_with("HTTP/")))
+        .then(|| StartLine::Request { method: a.to_owned(), path: b.to_owned() })
+}
+
+/// Reads and decodes records from the `events` ring buffer. Owned by one
+/// thread; [`EventReader::poll`] waits with `poll(2)` on the map fd.
+pub struct EventReader {
+    ring: RingBuf<MapData>,
+    decode_errors: u64,
+}
+
+impl std::fmt::Debug for EventReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventReader").field("decode_errors", &self.decode_errors).finish()
+    }
+}
+
+impl EventReader {
+    /// Wrap a ring buffer taken from the loaded datapath.
+    pub fn new(ring: RingBuf<MapData>) -> EventReader {
+        EventReader { ring, decode_errors: 0 }
+    }
+
+    /// Records that could not be decoded so far (logged and skipped).
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    /// Wait up to `timeout` for data, then drain everything available.
+    pub fn poll(&mut self, timeout: Duration) -> Vec<Event> {
+        let mut out = self.drain();
+        if out.is_empty() {
+            let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, ms) };
+            out = self.drain();
+        }
+        out
+    }
+
+    /// Drain what is available now, without waiting.
+    pub fn drain(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            match Event::decode(&item) {
+                Ok(ev) => out.push(ev),
+                Err(e) => {
+                    self.decode_errors += 1;
+                    tracing::warn!(error = %e, "skipping undecodable ring buffer record");
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_head_parsed() {
+        let h = parse_http_head(b"GET /traceme?x=1 HTTP/1.1\r\nHost: svc:8080\r\nContent-Length: 12\r\n\r\nbody");
+        assert_eq!(h.start, Some(StartLine::Request { method: "GET".into(), path: "/traceme?x=1".into() }));
+        assert_eq!(h.host.as_deref(), Some("svc:8080"));
+        assert_eq!(h.content_length, Some(12));
+        assert!(h.complete);
+    }
+
+    #[test]
+    fn truncated_header_is_not_guessed() {
+        let h = parse_http_head(b"POST /a HTTP/1.1\r\nhost: abc\r\nContent-Len");
+        assert_eq!(h.start, Some(StartLine::Request { method: "POST".into(), path: "/a".into() }));
+        assert_eq!(h.host.as_deref(), Some("abc"));
+        assert_eq!(h.content_length, None);
+        assert!(!h.complete);
+    }
+
+    #[test]
+    fn response_status() {
+        let h = parse_http_head(b"HTTP/1.1 404 Not Found\r\ncontent-length:  7\r\n\r\n");
+        assert_eq!(h.start, Some(StartLine::Response { status: 404 }));
+        assert_eq!(h.content_length, Some(7));
+        assert_eq!(parse_http_head(b"HTTP/1.1 99 x\r\n").start, None);
+        assert_eq!(parse_http_head(b"hello world\r\n").start, None);
+    }
+
+    #[test]
+    fn tuple_round_trip_and_short_record() {
+        let t = Tuple { saddr: "10.0.0.1".parse().unwrap(), daddr: "10.0.0.2".parse().unwrap(), sport: 5555, dport: 80, proto: 6 };
+        assert_eq!(Tuple::decode(&t.encode()).unwrap(), t);
+        assert!(matches!(Event::decode(&[0u8; 8]), Err(EventError::Short { .. })));
+        let mut rec = vec![0u8; 64];
+        rec[8] = 99;
+        assert_eq!(Event::decode(&rec), Err(EventError::UnknownKind(99)));
+    }
+}
