@@ -1,0 +1,163 @@
+//! What one scenario produced, and its snapshot text.
+//!
+//! The snapshot holds only what must be the same on every run and every
+//! kernel (no timestamps, ids, ifindexes or random span ids), ordered as the
+//! kernel or the capture ordered it, one fact per line so a diff reads well.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// How the agent's start went, when the chain has the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentOutcome {
+    NotInChain,
+    Started { attach: String, warnings: Vec<String> },
+    Refused { error: String },
+}
+
+/// One program on one hook, as the kernel reports the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainLine {
+    pub hook: String,
+    /// "tcx" or "netlink prio=N handle=0xH".
+    pub api: String,
+    pub program: String,
+    /// The scenario entry it belongs to, or "foreign" when none does.
+    pub entry: String,
+}
+
+/// One replayed packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PacketLine {
+    /// 1-based position in its pcap.
+    pub index: usize,
+    pub pcap: String,
+    pub hook: String,
+    pub frame: String,
+    /// Chain entries whose program saw the packet, in chain order.
+    pub seen_by: Vec<String>,
+}
+
+/// An inline check from `[expect]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckOutcome {
+    pub check: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// Everything a scenario run collected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScenarioResult {
+    pub scenario: String,
+    pub kernel: String,
+    pub agent: AgentOutcome,
+    pub chain: Vec<ChainLine>,
+    pub packets: Vec<PacketLine>,
+    pub spans: Vec<String>,
+    pub ct: Vec<String>,
+    /// Each CT entry as (`TCP 10.0.0.1:5555 -> 10.0.0.2:80`, state), for checks.
+    pub ct_states: Vec<(String, String)>,
+    pub counters: BTreeMap<String, u64>,
+    pub events_lost: u64,
+    /// What left the far side: after the device's ingress (into its stack) or
+    /// after its egress (at the peer).
+    pub output: Vec<String>,
+    pub checks: Vec<CheckOutcome>,
+}
+
+impl ScenarioResult {
+    pub fn new(scenario: &str, kernel: &str) -> Self {
+        ScenarioResult {
+            scenario: scenario.to_string(),
+            kernel: kernel.to_string(),
+            agent: AgentOutcome::NotInChain,
+            chain: Vec::new(),
+            packets: Vec::new(),
+            spans: Vec::new(),
+            ct: Vec::new(),
+            ct_states: Vec::new(),
+            counters: BTreeMap::new(),
+            events_lost: 0,
+            output: Vec::new(),
+            checks: Vec::new(),
+        }
+    }
+
+    /// The snapshot text. The kernel name is deliberately absent: the same
+    /// snapshot must hold on every kernel unless the scenario says otherwise.
+    pub fn snapshot(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "scenario: {}", self.scenario);
+        match &self.agent {
+            AgentOutcome::NotInChain => {}
+            AgentOutcome::Started { attach, warnings } => {
+                let _ = writeln!(s, "agent: started ({attach})");
+                for w in warnings {
+                    let _ = writeln!(s, "  warning: {w}");
+                }
+            }
+            AgentOutcome::Refused { error } => {
+                let _ = writeln!(s, "agent: refused: {error}");
+            }
+        }
+        section(&mut s, "chain", self.chain.iter().map(|c| {
+            format!("{:<7} {:<26} {:<22} entry={}", c.hook, c.api, c.program, c.entry)
+        }));
+        section(&mut s, "packets", self.packets.iter().map(|p| {
+            format!("{}#{} {:<7} {} seen_by=[{}]", p.pcap, p.index, p.hook, p.frame, p.seen_by.join(","))
+        }));
+        section(&mut s, "output", self.output.iter().cloned());
+        section(&mut s, "spans", self.spans.iter().cloned());
+        section(&mut s, "ct", self.ct.iter().cloned());
+        section(&mut s, "counters", self.counters.iter().map(|(k, v)| format!("{k}: {v}")));
+        let _ = writeln!(s, "events_lost: {}", self.events_lost);
+        s
+    }
+
+    /// The failed inline checks.
+    pub fn failed_checks(&self) -> impl Iterator<Item = &CheckOutcome> {
+        self.checks.iter().filter(|c| !c.passed)
+    }
+}
+
+fn section(out: &mut String, name: &str, lines: impl Iterator<Item = String>) {
+    let lines: Vec<String> = lines.collect();
+    if lines.is_empty() {
+        let _ = writeln!(out, "{name}: []");
+        return;
+    }
+    let _ = writeln!(out, "{name}:");
+    for line in lines {
+        let _ = writeln!(out, "  {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_lists_sections_in_a_fixed_order_without_the_kernel() {
+        let mut r = ScenarioResult::new("s", "6.12");
+        r.agent = AgentOutcome::Started { attach: "tcx head".into(), warnings: vec!["w".into()] };
+        r.chain.push(ChainLine {
+            hook: "ingress".into(),
+            api: "tcx".into(),
+            program: "tclab_ingress".into(),
+            entry: "agent".into(),
+        });
+        r.counters.insert("agent".into(), 3);
+        let text = r.snapshot();
+        assert!(!text.contains("6.12"), "{text}");
+        let order: Vec<usize> = ["agent:", "chain:", "packets:", "output:", "spans:", "ct:", "counters:", "events_lost:"]
+            .iter()
+            .map(|k| text.find(k).unwrap_or_else(|| panic!("{k} missing in {text}")))
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(text.contains("  warning: w"));
+    }
+}
