@@ -1,0 +1,1 @@
+//! Deterministic fixture generation (see fixtures/README.md).

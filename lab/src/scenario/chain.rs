@@ -1,0 +1,467 @@
+//! The chain: validation of `[[chain]]` entries and the order the kernel is
+//! expected to run them in.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde_spanned::Spanned;
+
+use super::model::*;
+use super::raw::*;
+use super::validate::Ctx;
+
+/// The handle the agent uses when it attaches itself with netlink.
+pub const AGENT_NETLINK_HANDLE: u32 = 1;
+
+pub(crate) fn validate_chain(
+    cx: &mut Ctx,
+    raw: &[RawChainEntry],
+    raw_agent: Option<&RawAgent>,
+    agent: &AgentSettings,
+) -> Vec<ChainEntry> {
+    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for e in raw {
+        let name = e.name.get_ref();
+        if let Some(line) = first_seen.get(name.as_str()) {
+            cx.err(
+                e.name.span(),
+                format!("duplicate chain entry name `{name}` (first defined on line {line}), expected a unique name"),
+            );
+            continue;
+        }
+        first_seen.insert(name, super::error::line_col(cx.src, e.name.span().start).0);
+        let Some(program) = program(cx, &e.program) else {
+            continue;
+        };
+        let is_agent = program == Program::Builtin(Builtin::Agent);
+        let Some(attach) = attach(cx, e, is_agent, raw_agent) else {
+            continue;
+        };
+        out.push(ChainEntry {
+            name: name.clone(),
+            program,
+            direction: e.direction.unwrap_or(Direction::Both),
+            attach,
+        });
+    }
+    check_order_refs(cx, raw, &out, agent);
+    check_netlink_clashes(cx, raw, &out);
+    out
+}
+
+fn program(cx: &mut Ctx, p: &Spanned<RawProgram>) -> Option<Program> {
+    let t = match p.get_ref() {
+        RawProgram::Builtin(b) => return Some(Program::Builtin(*b)),
+        RawProgram::Table(t) => t,
+    };
+    let Some(name) = &t.cilium else {
+        cx.err(
+            p.span(),
+            "a program table needs a `cilium` key, expected e.g. { cilium = \"cil_from_netdev\", behaviour = \"ok\" }",
+        );
+        return None;
+    };
+    if !CILIUM_PROGRAMS.contains(&name.get_ref().as_str()) {
+        let names: Vec<_> = CILIUM_PROGRAMS.iter().map(|n| format!("`{n}`")).collect();
+        cx.err(
+            name.span(),
+            format!(
+                "unknown Cilium program `{}`, expected one of {}",
+                name.get_ref(),
+                names.join(", ")
+            ),
+        );
+        return None;
+    }
+    let kind = t.behaviour.as_ref().map_or(BehaviourKind::Ok, |b| *b.get_ref());
+    let behaviour = behaviour(cx, p, t, kind)?;
+    Some(Program::Cilium {
+        name: CiliumProgram(name.get_ref().clone()),
+        behaviour,
+    })
+}
+
+fn behaviour(cx: &mut Ctx, p: &Spanned<RawProgram>, t: &RawProgramTable, kind: BehaviourKind) -> Option<Behaviour> {
+    let stray = |k: &Option<Spanned<String>>, key: &'static str, wanted: BehaviourKind| {
+        k.as_ref().filter(|_| kind != wanted).map(|v| (v.span(), key))
+    };
+    let strays = [
+        stray(&t.redirect_to, "redirect_to", BehaviourKind::Redirect),
+        stray(&t.dnat_from, "dnat_from", BehaviourKind::Dnat),
+        stray(&t.dnat_to, "dnat_to", BehaviourKind::Dnat),
+    ];
+    for (span, key) in strays.into_iter().flatten() {
+        cx.err(
+            span,
+            format!(
+                "`{key}` does not apply to this behaviour, expected it only with behaviour = \"{}\"",
+                key.split('_').next().unwrap_or(key)
+            ),
+        );
+    }
+    Some(match kind {
+        BehaviourKind::Ok => Behaviour::Ok,
+        BehaviourKind::Unspec => Behaviour::Unspec,
+        BehaviourKind::Drop => Behaviour::Drop,
+        BehaviourKind::Redirect => {
+            let Some(to) = &t.redirect_to else {
+                cx.err(
+                    p.span(),
+                    "behaviour = \"redirect\" needs `redirect_to`, expected a device name",
+                );
+                return None;
+            };
+            Behaviour::Redirect {
+                to: to.get_ref().clone(),
+            }
+        }
+        BehaviourKind::Dnat => {
+            let (Some(from), Some(to)) = (&t.dnat_from, &t.dnat_to) else {
+                cx.err(
+                    p.span(),
+                    "behaviour = \"dnat\" needs `dnat_from` and `dnat_to`, expected addresses like \"10.0.0.2:80\"",
+                );
+                return None;
+            };
+            let sock = |s: &String| {
+                s.parse::<std::net::SocketAddr>()
+                    .map_err(|_| format!("invalid address `{s}`, expected IP:port like \"10.0.0.2:80\""))
+            };
+            let (from, to) = (cx.parse(from, sock)?, cx.parse(to, sock)?);
+            Behaviour::Dnat { from, to }
+        }
+    })
+}
+
+fn attach(cx: &mut Ctx, e: &RawChainEntry, is_agent: bool, agent: Option<&RawAgent>) -> Option<Attach> {
+    let Some(a) = &e.attach else {
+        if is_agent {
+            return Some(Attach::AgentDecides);
+        }
+        cx.err(e.name.span(), format!("chain entry `{}` has no `attach`, expected e.g. attach = {{ mode = \"tcx\", order = \"tail\" }} or {{ mode = \"netlink\", priority = 2 }}", e.name.get_ref()));
+        return None;
+    };
+    let a_ref = a.get_ref();
+    let mode = *a_ref.mode.get_ref();
+    if is_agent {
+        let backend = agent.and_then(|g| g.backend.as_ref());
+        if let Some(b) = backend {
+            let clash = matches!(
+                (mode, b.get_ref()),
+                (AttachMode::Tcx, Backend::Netlink) | (AttachMode::Netlink, Backend::Tcx)
+            );
+            if clash {
+                cx.err(
+                    b.span(),
+                    format!(
+                        "`backend` = {:?} contradicts the agent entry's attach mode, expected the same mode or `auto`",
+                        b.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+    match mode {
+        AttachMode::Tcx => {
+            for (v, key) in [(&a_ref.priority, "priority"), (&a_ref.handle, "handle")] {
+                if let Some(v) = v {
+                    cx.err(
+                        v.span(),
+                        format!("`{key}` is only valid with mode = \"netlink\", expected `order` for TCX"),
+                    );
+                }
+            }
+            let order = a_ref.order.as_ref().map_or(TcxOrder::Tail, |o| o.get_ref().clone());
+            Some(Attach::Tcx { order })
+        }
+        AttachMode::Netlink => {
+            if let Some(o) = &a_ref.order {
+                cx.err(
+                    o.span(),
+                    "`order` is only valid with mode = \"tcx\", expected `priority` and `handle` for netlink",
+                );
+            }
+            let Some(p) = &a_ref.priority else {
+                cx.err(
+                    a.span(),
+                    "netlink attach needs `priority`, expected 1..=65535 (0 would let the kernel pick one)",
+                );
+                return None;
+            };
+            let priority = cx.int(p, "priority", 1, 65535)?;
+            let handle = match &a_ref.handle {
+                Some(h) => cx.int(h, "handle", 1, i64::from(u32::MAX))?,
+                None => 1,
+            };
+            Some(Attach::Netlink { priority, handle })
+        }
+    }
+}
+
+/// Is `e` (possibly) a TCX attachment, given the agent's backend?
+fn is_tcx(e: &ChainEntry, agent: &AgentSettings) -> bool {
+    match e.attach {
+        Attach::Tcx { .. } => true,
+        Attach::Netlink { .. } => false,
+        Attach::AgentDecides => agent.backend != Backend::Netlink,
+    }
+}
+
+fn order_ref(a: &Attach) -> Option<&str> {
+    match a {
+        Attach::Tcx {
+            order: TcxOrder::Before(n) | TcxOrder::After(n),
+        } => Some(n),
+        _ => None,
+    }
+}
+
+fn order_span(raw: &[RawChainEntry], name: &str) -> std::ops::Range<usize> {
+    let e = raw.iter().find(|r| r.name.get_ref() == name);
+    e.and_then(|r| {
+        r.attach
+            .as_ref()
+            .and_then(|a| a.get_ref().order.as_ref().map(|o| o.span()))
+    })
+    .or_else(|| e.map(|r| r.name.span()))
+    .unwrap_or(0..0)
+}
+
+fn check_order_refs(cx: &mut Ctx, raw: &[RawChainEntry], chain: &[ChainEntry], agent: &AgentSettings) {
+    let names: Vec<_> = chain.iter().map(|e| format!("`{}`", e.name)).collect();
+    for e in chain {
+        let Some(target) = order_ref(&e.attach) else { continue };
+        let span = order_span(raw, &e.name);
+        let Some(t) = chain.iter().find(|c| c.name == target) else {
+            cx.err(
+                span,
+                format!(
+                    "`{}` orders itself relative to `{target}`, which is not a chain entry; expected one of {}",
+                    e.name,
+                    names.join(", ")
+                ),
+            );
+            continue;
+        };
+        if t.name == e.name {
+            cx.err(
+                span,
+                format!("`{}` is ordered relative to itself, expected another TCX entry", e.name),
+            );
+        } else if !is_tcx(t, agent) {
+            cx.err(
+                span,
+                format!(
+                    "`{}` is ordered relative to `{target}`, which is attached with netlink; expected a TCX entry",
+                    e.name
+                ),
+            );
+        } else if let Some(h) = e.direction.hooks().iter().find(|h| !t.direction.covers(**h)) {
+            cx.err(
+                span,
+                format!(
+                    "`{}` is attached on {h:?} but `{target}` is not, expected `{target}` to cover {h:?}",
+                    e.name
+                )
+                .to_lowercase_dir(),
+            );
+        }
+    }
+    if let Some(cycle) = find_cycle(chain) {
+        let span = order_span(raw, &cycle[0]);
+        cx.err(
+            span,
+            format!(
+                "TCX order cycle: {}, expected `before`/`after` references without a loop",
+                cycle.join(" -> ")
+            ),
+        );
+    }
+}
+
+trait LowerDir {
+    fn to_lowercase_dir(self) -> String;
+}
+
+impl LowerDir for String {
+    /// `{:?}` of Direction prints `Ingress`; the file says `ingress`.
+    fn to_lowercase_dir(self) -> String {
+        self.replace("Ingress", "ingress").replace("Egress", "egress")
+    }
+}
+
+/// A loop in the before/after references, as a list of names ending where it began.
+fn find_cycle(chain: &[ChainEntry]) -> Option<Vec<String>> {
+    let next: HashMap<&str, &str> = chain
+        .iter()
+        .filter_map(|e| Some((e.name.as_str(), order_ref(&e.attach)?)))
+        .collect();
+    for start in chain {
+        let mut path = vec![start.name.as_str()];
+        let mut cur = start.name.as_str();
+        while let Some(n) = next.get(cur).copied() {
+            if n == cur {
+                break; // self-reference: reported on its own
+            }
+            if n == start.name {
+                path.push(n);
+                return Some(path.into_iter().map(String::from).collect());
+            }
+            if path.contains(&n) || path.len() > chain.len() {
+                break;
+            }
+            path.push(n);
+            cur = n;
+        }
+    }
+    None
+}
+
+fn check_netlink_clashes(cx: &mut Ctx, raw: &[RawChainEntry], chain: &[ChainEntry]) {
+    let mut seen: BTreeMap<(u16, u32, Direction), &str> = BTreeMap::new();
+    for e in chain {
+        let Attach::Netlink { priority, handle } = e.attach else {
+            continue;
+        };
+        for hook in e.direction.hooks() {
+            if let Some(first) = seen.insert((priority, handle, *hook), &e.name) {
+                let span = raw
+                    .iter()
+                    .find(|r| *r.name.get_ref() == e.name)
+                    .and_then(|r| r.attach.as_ref())
+                    .map_or(0..0, |a| a.span());
+                cx.err(span, format!(
+                    "`{}` and `{first}` are both netlink priority {priority} handle {handle} on {hook:?}: the kernel refuses the second (EEXIST); expected a different priority or handle",
+                    e.name
+                ).to_lowercase_dir());
+            }
+        }
+    }
+}
+
+/// The expected order on one hook: TCX first (head → tail), then netlink
+/// filters by priority.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HookChain {
+    pub tcx: Vec<String>,
+    pub netlink: Vec<NetlinkSlot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetlinkSlot {
+    pub name: String,
+    pub priority: u16,
+    pub handle: u32,
+}
+
+/// What the runner does, in this order, to build the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttachStep {
+    pub entry: String,
+    pub hook: Direction,
+    pub how: ResolvedAttach,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum ResolvedAttach {
+    Tcx(TcxOrder),
+    Netlink { priority: u16, handle: u32 },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ResolvedChain {
+    pub ingress: HookChain,
+    pub egress: HookChain,
+    /// Attach operations in an order where every `before`/`after` target
+    /// already exists (file order otherwise).
+    pub sequence: Vec<AttachStep>,
+}
+
+impl ResolvedChain {
+    pub fn hook(&self, hook: Direction) -> &HookChain {
+        if hook == Direction::Egress {
+            &self.egress
+        } else {
+            &self.ingress
+        }
+    }
+}
+
+/// Computes the expected chain. `kernel_has_tcx` decides where the agent goes
+/// under `backend = "auto"` (TCX head, else netlink at `[agent].priority`).
+pub fn resolve_chain(s: &Scenario, kernel_has_tcx: bool) -> ResolvedChain {
+    let how = |e: &ChainEntry| match &e.attach {
+        Attach::Tcx { order } => ResolvedAttach::Tcx(order.clone()),
+        Attach::Netlink { priority, handle } => ResolvedAttach::Netlink {
+            priority: *priority,
+            handle: *handle,
+        },
+        Attach::AgentDecides => match (s.agent.backend, kernel_has_tcx) {
+            (Backend::Tcx, _) | (Backend::Auto, true) => ResolvedAttach::Tcx(TcxOrder::Head),
+            _ => ResolvedAttach::Netlink {
+                priority: s.agent.priority,
+                handle: AGENT_NETLINK_HANDLE,
+            },
+        },
+    };
+    let mut out = ResolvedChain::default();
+    for idx in attach_sequence(&s.chain) {
+        let e = &s.chain[idx];
+        for hook in e.direction.hooks() {
+            let step = AttachStep {
+                entry: e.name.clone(),
+                hook: *hook,
+                how: how(e),
+            };
+            let hc = if *hook == Direction::Egress {
+                &mut out.egress
+            } else {
+                &mut out.ingress
+            };
+            match &step.how {
+                ResolvedAttach::Tcx(order) => place_tcx(&mut hc.tcx, &e.name, order),
+                ResolvedAttach::Netlink { priority, handle } => hc.netlink.push(NetlinkSlot {
+                    name: e.name.clone(),
+                    priority: *priority,
+                    handle: *handle,
+                }),
+            }
+            out.sequence.push(step);
+        }
+    }
+    // Lower priority runs first; equal priorities keep attach order (stable sort).
+    out.ingress.netlink.sort_by_key(|n| n.priority);
+    out.egress.netlink.sort_by_key(|n| n.priority);
+    out
+}
+
+fn place_tcx(list: &mut Vec<String>, name: &str, order: &TcxOrder) {
+    let pos = |t: &str, list: &Vec<String>| list.iter().position(|n| n == t);
+    let at = match order {
+        TcxOrder::Head => 0,
+        TcxOrder::Tail => list.len(),
+        TcxOrder::Before(t) => pos(t, list).unwrap_or(0),
+        TcxOrder::After(t) => pos(t, list).map_or(list.len(), |p| p + 1),
+    };
+    list.insert(at, name.to_string());
+}
+
+/// File order, except that an entry naming another in `before`/`after` waits
+/// until that one is attached. Validation has ruled out cycles.
+fn attach_sequence(chain: &[ChainEntry]) -> Vec<usize> {
+    let mut done = vec![false; chain.len()];
+    let mut seq = Vec::with_capacity(chain.len());
+    while seq.len() < chain.len() {
+        let ready = (0..chain.len()).find(|&i| {
+            !done[i]
+                && order_ref(&chain[i].attach)
+                    .is_none_or(|t| chain.iter().position(|c| c.name == t).is_none_or(|j| done[j]))
+        });
+        // A cycle cannot happen after validation; fall back to file order if it does.
+        let i = ready.unwrap_or_else(|| (0..chain.len()).find(|&i| !done[i]).unwrap_or(0));
+        done[i] = true;
+        seq.push(i);
+    }
+    seq
+}
