@@ -3,3 +3,6 @@
 pub mod frame;
 pub mod snapshot;
 pub mod rewrite;
+pub mod scenario;
+pub mod pcap;
+pub mod fixtures;
