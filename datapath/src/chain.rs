@@ -1,1 +1,332 @@
-//! (being written)
+//! The full ordered TC chain on a device, TCX and netlink together, and the
+//! agent's compatibility rules that read it.
+//!
+//! Run order per hook: every TCX program head→tail (BPF_PROG_QUERY order),
+//! then the legacy netlink filters by priority then handle (the order the
+//! kernel dumps them). A TCX program returning anything but TCX_NEXT, or a
+//! direct-action filter returning anything but TC_ACT_UNSPEC, ends the chain.
+//!
+//! Must be called on a thread inside the device's network namespace.
+
+use std::collections::HashMap;
+
+use aya::programs::{SchedClassifier, TcAttachType, loaded_programs};
+use serde::{Deserialize, Serialize};
+use tclab_net::tc::{self, Direction};
+
+use crate::attach::Api;
+
+/// Name prefix of Cilium's programs (`cil_from_netdev`, `cil_to_netdev`, …).
+pub const CILIUM_PREFIX: &str = "cil_";
+
+/// The Cilium setting that moves its netlink filters after ours.
+pub const CILIUM_PRIORITY_FIX: &str = "cilium config set bpf-filter-priority 2";
+
+/// Errors reading the chain.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The device does not exist.
+    #[error("failed to read the TC chain of {iface}: no such device in this network namespace")]
+    NoDevice {
+        /// Device.
+        iface: String,
+    },
+    /// BPF_PROG_QUERY failed for a reason other than "no TCX here".
+    #[error("failed to query TCX programs on {iface} {hook}: {source}")]
+    Tcx {
+        /// Device.
+        iface: String,
+        /// Hook.
+        hook: Direction,
+        /// aya's error.
+        source: aya::programs::ProgramError,
+    },
+    /// The netlink dump failed.
+    #[error("failed to list netlink filters on {iface} {hook}: {source}")]
+    Netlink {
+        /// Device.
+        iface: String,
+        /// Hook.
+        hook: Direction,
+        /// The error.
+        source: tclab_net::NetError,
+    },
+}
+
+/// Why the agent refuses to start next to what is on the device.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RuleError {
+    /// netlink backend with Cilium on TCX: TCX programs run before every
+    /// netlink filter, and Cilium's usually end the chain (TC_ACT_OK /
+    /// redirect), so our filter would never see the traffic.
+    #[error(
+        "refusing to attach with netlink on {iface}: Cilium programs are attached there with TCX ({programs}), and TCX \
+         programs run before every netlink filter; Cilium ends the chain for the traffic it handles, so our filter \
+         would see nothing. Use --backend tcx (or auto) on this kernel"
+    )]
+    CiliumOnTcx {
+        /// Device.
+        iface: String,
+        /// Cilium programs found.
+        programs: String,
+    },
+    /// netlink backend with every Cilium filter at priority 1.
+    #[error(
+        "refusing to attach with netlink on {iface}: Cilium's filters ({programs}) are at priority 1, where they run \
+         first and end the chain; run `{CILIUM_PRIORITY_FIX}` so Cilium moves to priority 2 and ours runs first"
+    )]
+    CiliumAtPriorityOne {
+        /// Device.
+        iface: String,
+        /// Cilium filters found.
+        programs: String,
+    },
+}
+
+/// One program in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainEntry {
+    /// Run position on its hook, from 0.
+    pub position: usize,
+    /// Hook.
+    pub hook: String,
+    /// API it is attached with.
+    pub api: Api,
+    /// Program name (kernel's, or the netlink filter's name when unknown).
+    pub name: String,
+    /// Kernel program id.
+    pub prog_id: Option<u32>,
+    /// Netlink priority.
+    pub priority: Option<u16>,
+    /// Netlink handle.
+    pub handle: Option<u32>,
+    /// One of the ids passed as ours.
+    pub ours: bool,
+    /// Runs before our first program on this hook.
+    pub runs_before_us: bool,
+}
+
+/// The chain of one device, both hooks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// Device.
+    pub iface: String,
+    /// Ingress, in run order.
+    pub ingress: Vec<ChainEntry>,
+    /// Egress, in run order.
+    pub egress: Vec<ChainEntry>,
+}
+
+fn tcx_programs(iface: &str, hook: Direction) -> Result<Vec<(u32, String)>, ChainError> {
+    let ty = match hook {
+        Direction::Ingress => TcAttachType::Ingress,
+        Direction::Egress => TcAttachType::Egress,
+    };
+    match SchedClassifier::query_tcx(iface, ty) {
+        Ok((_rev, progs)) => {
+            Ok(progs.iter().map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned())).collect())
+        }
+        // A kernel without TCX refuses the query attach type: nothing is
+        // attached that way.
+        Err(aya::programs::ProgramError::SyscallError(aya::sys::SyscallError { ref io_error, .. }))
+            if io_error.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            Ok(Vec::new())
+        }
+        Err(source) => Err(ChainError::Tcx { iface: iface.to_owned(), hook, source }),
+    }
+}
+
+fn program_names() -> HashMap<u32, String> {
+    loaded_programs()
+        .flatten()
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
+        .collect()
+}
+
+fn hook_chain(iface: &str, ifindex: u32, hook: Direction, ours: &[u32]) -> Result<Vec<ChainEntry>, ChainError> {
+    let mut out = Vec::new();
+    let mut push = |api, name: String, prog_id: Option<u32>, priority, handle| {
+        let is_ours = prog_id.is_some_and(|id| ours.contains(&id));
+        out.push(ChainEntry {
+            position: out.len(),
+            hook: hook.to_string(),
+            api,
+            name,
+            prog_id,
+            priority,
+            handle,
+            ours: is_ours,
+            runs_before_us: false,
+        });
+    };
+    for (id, name) in tcx_programs(iface, hook)? {
+        push(Api::Tcx, name, Some(id), None, None);
+    }
+    let filters = tc::list_filters(ifindex, hook)
+        .map_err(|source| ChainError::Netlink { iface: iface.to_owned(), hook, source })?;
+    let names = if filters.is_empty() { HashMap::new() } else { program_names() };
+    for f in filters {
+        let name = f
+            .bpf_id
+            .and_then(|id| names.get(&id).cloned())
+            .or(f.bpf_name.clone())
+            .unwrap_or_else(|| f.kind.clone());
+        push(Api::Netlink, name, f.bpf_id, Some(f.priority), Some(f.handle));
+    }
+    if let Some(first_ours) = out.iter().position(|e| e.ours) {
+        for e in &mut out[..first_ours] {
+            e.runs_before_us = true;
+        }
+    }
+    Ok(out)
+}
+
+/// Read the chain of `iface` (in the calling thread's namespace); `ours`
+/// are the program ids to mark as ours.
+///
+/// # Errors
+/// [`ChainError`].
+pub fn read_chain(iface: &str, ours: &[u32]) -> Result<Chain, ChainError> {
+    let c = std::ffi::CString::new(iface).map_err(|_| ChainError::NoDevice { iface: iface.to_owned() })?;
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        return Err(ChainError::NoDevice { iface: iface.to_owned() });
+    }
+    Ok(Chain {
+        iface: iface.to_owned(),
+        ingress: hook_chain(iface, ifindex, Direction::Ingress, ours)?,
+        egress: hook_chain(iface, ifindex, Direction::Egress, ours)?,
+    })
+}
+
+impl Chain {
+    /// Entries of both hooks.
+    pub fn entries(&self) -> impl Iterator<Item = &ChainEntry> {
+        self.ingress.iter().chain(self.egress.iter())
+    }
+
+    /// The human table of `tclab-agent chain`.
+    pub fn to_table(&self) -> String {
+        let mut s = format!("{:<8} {:>3}  {:<8} {:<20} {:>7} {:>8} {:>8}  {}\n", "hook", "pos", "api", "name", "prog_id", "priority", "handle", "note");
+        for e in self.entries() {
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            let note = if e.ours { "ours" } else if e.runs_before_us { "runs before ours" } else { "" };
+            s.push_str(&format!(
+                "{:<8} {:>3}  {:<8} {:<20} {:>7} {:>8} {:>8}  {}\n",
+                e.hook,
+                e.position,
+                e.api.to_string(),
+                e.name,
+                opt(e.prog_id.map(|v| v.to_string())),
+                opt(e.priority.map(|v| v.to_string())),
+                opt(e.handle.map(|v| format!("{v:#x}"))),
+                note
+            ));
+        }
+        s
+    }
+}
+
+fn is_cilium(e: &ChainEntry) -> bool {
+    e.name.starts_with(CILIUM_PREFIX)
+}
+
+/// The agent's rules before attaching with `api` (issue 5). Returns warnings
+/// to print when the agent may start, or the reason it must not.
+///
+/// # Errors
+/// [`RuleError`] when attaching would make our programs blind.
+pub fn check_rules(chain: &Chain, api: Api) -> Result<Vec<String>, RuleError> {
+    let mut warnings = Vec::new();
+    if api == Api::Tcx {
+        return Ok(warnings); // At the head: fine next to Cilium in any mode.
+    }
+    let list = |v: &[&ChainEntry]| {
+        v.iter().map(|e| format!("{} {} prog {}", e.hook, e.name, e.prog_id.unwrap_or(0))).collect::<Vec<_>>().join(", ")
+    };
+    let cil_tcx: Vec<_> = chain.entries().filter(|e| e.api == Api::Tcx && is_cilium(e)).collect();
+    if !cil_tcx.is_empty() {
+        return Err(RuleError::CiliumOnTcx { iface: chain.iface.clone(), programs: list(&cil_tcx) });
+    }
+    let cil_nl: Vec<_> = chain.entries().filter(|e| e.api == Api::Netlink && is_cilium(e) && !e.ours).collect();
+    let at_one: Vec<_> = cil_nl.iter().copied().filter(|e| e.priority == Some(1)).collect();
+    if !cil_nl.is_empty() && at_one.len() == cil_nl.len() {
+        return Err(RuleError::CiliumAtPriorityOne { iface: chain.iface.clone(), programs: list(&at_one) });
+    }
+    if !at_one.is_empty() {
+        warnings.push(format!(
+            "{}: Cilium filters at priority 1 next to Cilium filters at a higher priority look like left-overs of an \
+             earlier Cilium (before `{CILIUM_PRIORITY_FIX}`): {}; they run first and can hide traffic from us",
+            chain.iface,
+            list(&at_one)
+        ));
+    }
+    Ok(warnings)
+}
+
+/// Warnings for foreign programs that run before ours (after attaching):
+/// any of them can end the chain (TCX: any verdict but TCX_NEXT; netlink
+/// direct-action: any verdict but TC_ACT_UNSPEC) or drop.
+pub fn warn_before_us(chain: &Chain) -> Vec<String> {
+    chain
+        .entries()
+        .filter(|e| e.runs_before_us && !e.ours)
+        .map(|e| {
+            format!(
+                "{} {}: {} program {:?} (id {}) runs before ours and can end the chain or drop packets before we see them",
+                chain.iface,
+                e.hook,
+                e.api,
+                e.name,
+                e.prog_id.map(|i| i.to_string()).unwrap_or_else(|| "?".into())
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(api: Api, name: &str, prio: Option<u16>, ours: bool) -> ChainEntry {
+        ChainEntry {
+            position: 0,
+            hook: "ingress".into(),
+            api,
+            name: name.into(),
+            prog_id: Some(7),
+            priority: prio,
+            handle: prio.map(|_| 1),
+            ours,
+            runs_before_us: false,
+        }
+    }
+
+    fn chain(entries: Vec<ChainEntry>) -> Chain {
+        Chain { iface: "eth0".into(), ingress: entries, egress: vec![] }
+    }
+
+    #[test]
+    fn rules() {
+        let c = chain(vec![entry(Api::Tcx, "cil_from_netdev", None, false)]);
+        assert!(matches!(check_rules(&c, Api::Netlink), Err(RuleError::CiliumOnTcx { .. })));
+        assert_eq!(check_rules(&c, Api::Tcx), Ok(vec![]));
+
+        let c = chain(vec![entry(Api::Netlink, "cil_from_netdev", Some(1), false)]);
+        let e = check_rules(&c, Api::Netlink).unwrap_err();
+        assert!(e.to_string().contains(CILIUM_PRIORITY_FIX), "{e}");
+
+        let c = chain(vec![
+            entry(Api::Netlink, "cil_from_netdev", Some(1), false),
+            entry(Api::Netlink, "cil_from_netdev", Some(2), false),
+        ]);
+        let w = check_rules(&c, Api::Netlink).unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("left-overs"));
+
+        let c = chain(vec![entry(Api::Netlink, "cil_to_netdev", Some(2), false), entry(Api::Netlink, "other", Some(1), false)]);
+        assert_eq!(check_rules(&c, Api::Netlink), Ok(vec![]));
+    }
+}
