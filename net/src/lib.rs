@@ -9,8 +9,10 @@ mod error;
 mod link;
 mod netlink;
 mod ns;
+pub mod packet;
 pub mod require;
 mod sysctl;
+pub mod tc;
 
 pub use error::NetError;
 pub use link::{

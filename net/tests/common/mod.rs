@@ -1,6 +1,8 @@
-//! Shared test helpers: the "nothing left behind" check.
+//! Shared test helpers: the "nothing left behind" check, raw BPF classifiers.
 
 #![allow(dead_code, reason = "each test binary uses a subset")]
+
+pub mod bpf;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
