@@ -6,3 +6,4 @@ pub mod rewrite;
 pub mod scenario;
 pub mod pcap;
 pub mod fixtures;
+pub mod kernels;
