@@ -1,1 +1,426 @@
-//! (being written)
+//! The embedded BPF objects and loading them into the kernel.
+//!
+//! [`Datapath`] is the agent's pair of classifiers (`tclab_ingress`,
+//! `tclab_egress`) with their CT, counter and event maps. [`TestProgram`] and
+//! [`EmptyClassifier`] are the lab's built-in chain programs. Loading puts the
+//! programs into the kernel (the verifier runs); attaching is `attach.rs`.
+
+use std::time::Duration;
+
+use aya::maps::{HashMap, MapError, PerCpuArray};
+use aya::programs::{ProgramError, SchedClassifier};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::types::{COUNTER_MAX, Counter, Counters, CtEntry, CtTuple};
+
+/// The objects built from `ebpf/` (see `ebpf/objects.rs`), embedded aligned.
+pub mod objects {
+    /// Datapath with an LRU CT map and a ring buffer.
+    pub static DATAPATH_LRU: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath_lru.o"));
+    /// Datapath with a plain hash CT map (inserts fail when it is full).
+    pub static DATAPATH_HASH: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath_hash.o"));
+    /// Datapath with an LRU CT map and a perf event array (pre-5.8 kernels).
+    pub static DATAPATH_PERF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath_perf.o"));
+    /// The lab's chain programs: `tclab_verdict`, `tclab_empty`.
+    pub static TESTPROGS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/testprogs.o"));
+}
+
+/// Ingress classifier name (also its name in the kernel).
+pub const PROG_INGRESS: &str = "tclab_ingress";
+/// Egress classifier name.
+pub const PROG_EGRESS: &str = "tclab_egress";
+/// CT map (`struct ct_tuple` → `struct ct_entry`).
+pub const MAP_CT: &str = "tclab_ct";
+/// Events: ring buffer, or perf event array with [`EventTransport::PerfBuf`].
+pub const MAP_EVENTS: &str = "tclab_events";
+/// Per-CPU counters indexed by [`Counter`].
+pub const MAP_COUNTERS: &str = "tclab_counters";
+/// Per-CPU scratch space of the classifiers (not for user space).
+pub const MAP_SCRATCH: &str = "tclab_scratch";
+/// Load-time constants: CT lifetimes in nanoseconds.
+pub const GLOBAL_LIFETIME_SYN: &str = "tclab_ct_lifetime_syn_ns";
+pub const GLOBAL_LIFETIME_TCP: &str = "tclab_ct_lifetime_tcp_ns";
+pub const GLOBAL_LIFETIME_CLOSE: &str = "tclab_ct_lifetime_close_ns";
+pub const GLOBAL_LIFETIME_NON_TCP: &str = "tclab_ct_lifetime_non_tcp_ns";
+/// Test program returning the verdict set at load.
+pub const PROG_TEST_VERDICT: &str = "tclab_verdict";
+/// Test program returning TC_ACT_UNSPEC and nothing else.
+pub const PROG_EMPTY: &str = "tclab_empty";
+/// Per-CPU array of `tclab_verdict`: slot 0 packets, slot 1 bytes.
+pub const MAP_TEST_STATS: &str = "tclab_test_stats";
+/// Load-time constant of `tclab_verdict`.
+pub const GLOBAL_TEST_VERDICT: &str = "tclab_test_verdict";
+
+/// Cilium's default CT table size (`bpf-ct-global-tcp-max`).
+pub const DEFAULT_CT_MAX_ENTRIES: u32 = 524_288;
+
+/// `TC_ACT_UNSPEC`: continue with the next program (TCX_NEXT).
+pub const TC_ACT_UNSPEC: i32 = -1;
+/// `TC_ACT_OK`: accept, end the chain.
+pub const TC_ACT_OK: i32 = 0;
+/// `TC_ACT_SHOT`: drop.
+pub const TC_ACT_SHOT: i32 = 2;
+
+/// Which hook a classifier is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    Ingress,
+    Egress,
+}
+
+impl Hook {
+    pub fn program_name(self) -> &'static str {
+        match self {
+            Hook::Ingress => PROG_INGRESS,
+            Hook::Egress => PROG_EGRESS,
+        }
+    }
+}
+
+/// CT map type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CtMapKind {
+    /// LRU hash: the oldest entries are evicted when full (Cilium's default).
+    #[default]
+    Lru,
+    /// Plain hash: inserts fail when full ("CT: Map insertion failed").
+    Hash,
+}
+
+/// CT lifetimes; the default is Cilium's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtLifetimes {
+    /// TCP entry that has seen only SYNs (`CT_SYN_TIMEOUT`).
+    pub syn: Duration,
+    /// Established TCP (`CT_CONNECTION_LIFETIME_TCP`).
+    pub tcp: Duration,
+    /// TCP with both sides closing (`CT_CLOSE_TIMEOUT`).
+    pub close: Duration,
+    /// UDP, ICMP (`CT_CONNECTION_LIFETIME_NONTCP`).
+    pub non_tcp: Duration,
+}
+
+impl Default for CtLifetimes {
+    fn default() -> Self {
+        CtLifetimes {
+            syn: Duration::from_secs(60),
+            tcp: Duration::from_secs(21_600),
+            close: Duration::from_secs(10),
+            non_tcp: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How events reach user space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventTransport {
+    /// BPF_MAP_TYPE_RINGBUF (5.8+).
+    #[default]
+    RingBuf,
+    /// Per-CPU BPF_MAP_TYPE_PERF_EVENT_ARRAY, for kernels without ring buffers.
+    PerfBuf,
+}
+
+/// Everything [`Datapath::load`] needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatapathConfig {
+    pub ct_max_entries: u32,
+    pub ct_map: CtMapKind,
+    pub lifetimes: CtLifetimes,
+    pub events: EventTransport,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig {
+            ct_max_entries: DEFAULT_CT_MAX_ENTRIES,
+            ct_map: CtMapKind::default(),
+            lifetimes: CtLifetimes::default(),
+            events: EventTransport::default(),
+        }
+    }
+}
+
+/// Errors of loading an object or one of its programs.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("invalid datapath configuration: {0}")]
+    Config(String),
+    #[error("failed to load BPF object {object}: {source}")]
+    Object {
+        object: &'static str,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("program {program} not found in BPF object {object}")]
+    MissingProgram { object: &'static str, program: &'static str },
+    #[error("program {program} of {object} is not a TC classifier: {source}")]
+    NotClassifier {
+        object: &'static str,
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("failed to load program {program} of {object} into the kernel: {source}")]
+    Program {
+        object: &'static str,
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// Load the classifier `program` of an already parsed object.
+fn load_classifier(ebpf: &mut Ebpf, object: &'static str, program: &'static str) -> Result<(), LoadError> {
+    let prog = ebpf.program_mut(program).ok_or(LoadError::MissingProgram { object, program })?;
+    let prog: &mut SchedClassifier =
+        prog.try_into().map_err(|source| LoadError::NotClassifier { object, program, source })?;
+    prog.load().map_err(|source| LoadError::Program { object, program, source })
+}
+
+fn classifier_mut<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> &'a mut SchedClassifier {
+    let prog = ebpf.program_mut(program).unwrap_or_else(|| panic!("program {program} disappeared after load"));
+    prog.try_into().unwrap_or_else(|_| panic!("program {program} was loaded as a classifier"))
+}
+
+fn classifier<'a>(ebpf: &'a Ebpf, program: &'static str) -> &'a SchedClassifier {
+    let prog = ebpf.program(program).unwrap_or_else(|| panic!("program {program} disappeared after load"));
+    prog.try_into().unwrap_or_else(|_| panic!("program {program} was loaded as a classifier"))
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Sum a per-CPU u64 array slot.
+fn percpu_sum(ebpf: &Ebpf, map: &'static str, idx: u32) -> Result<u64, MapError> {
+    let map = ebpf.map(map).ok_or_else(|| MapError::InvalidName { name: map.to_string() })?;
+    let array = PerCpuArray::<_, u64>::try_from(map)?;
+    Ok(array.get(&idx, 0)?.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, hence of
+/// [`CtEntry::created_ns`] and [`CtEntry::expires_ns`].
+pub fn monotonic_now_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available on Linux");
+    u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec()).unwrap_or(0)
+}
+
+/// The agent's classifiers and maps, loaded into the kernel (not attached).
+pub struct Datapath {
+    ebpf: Ebpf,
+    object: &'static str,
+    ct_max_entries: u32,
+}
+
+impl Datapath {
+    /// Load the object the configuration selects and both classifiers.
+    ///
+    /// # Errors
+    /// [`LoadError::Config`] for a zero CT size or a CT map kind / transport
+    /// combination that has no object; otherwise the verifier's or loader's
+    /// error with the object and program named.
+    pub fn load(cfg: &DatapathConfig) -> Result<Datapath, LoadError> {
+        if cfg.ct_max_entries == 0 {
+            return Err(LoadError::Config("ct_max_entries must be at least 1".into()));
+        }
+        let (object, bytes) = match (cfg.ct_map, cfg.events) {
+            (CtMapKind::Lru, EventTransport::RingBuf) => ("datapath_lru.o", objects::DATAPATH_LRU),
+            (CtMapKind::Hash, EventTransport::RingBuf) => ("datapath_hash.o", objects::DATAPATH_HASH),
+            (CtMapKind::Lru, EventTransport::PerfBuf) => ("datapath_perf.o", objects::DATAPATH_PERF),
+            (CtMapKind::Hash, EventTransport::PerfBuf) => {
+                return Err(LoadError::Config(
+                    "a hash CT map with perf-buffer events is not built; use the LRU map or the ring buffer".into(),
+                ));
+            }
+        };
+        let lt = &cfg.lifetimes;
+        let (syn, tcp, close, non_tcp) = (nanos(lt.syn), nanos(lt.tcp), nanos(lt.close), nanos(lt.non_tcp));
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_CT, cfg.ct_max_entries)
+            .override_global(GLOBAL_LIFETIME_SYN, &syn, true)
+            .override_global(GLOBAL_LIFETIME_TCP, &tcp, true)
+            .override_global(GLOBAL_LIFETIME_CLOSE, &close, true)
+            .override_global(GLOBAL_LIFETIME_NON_TCP, &non_tcp, true)
+            .load(bytes)
+            .map_err(|source| LoadError::Object { object, source: Box::new(source) })?;
+        for program in [PROG_INGRESS, PROG_EGRESS] {
+            load_classifier(&mut ebpf, object, program)?;
+        }
+        tracing::debug!(object, ct_max_entries = cfg.ct_max_entries, "datapath loaded");
+        Ok(Datapath { ebpf, object, ct_max_entries: cfg.ct_max_entries })
+    }
+
+    /// File name of the embedded object in use (`datapath_lru.o`, …).
+    pub fn object_name(&self) -> &'static str {
+        self.object
+    }
+
+    pub fn program_mut(&mut self, hook: Hook) -> &mut SchedClassifier {
+        classifier_mut(&mut self.ebpf, hook.program_name())
+    }
+
+    pub fn program(&self, hook: Hook) -> &SchedClassifier {
+        classifier(&self.ebpf, hook.program_name())
+    }
+
+    /// The loaded object, for map access by other modules (events).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// Instructions the verifier processed for a program (kernel 5.16+
+    /// reports it; `None` before).
+    pub fn verified_insns(&self, hook: Hook) -> Result<Option<u32>, ProgramError> {
+        Ok(self.program(hook).info()?.verified_instruction_count())
+    }
+
+    fn ct_map(&self) -> Result<HashMap<&aya::maps::MapData, CtTuple, CtEntry>, MapError> {
+        let map = self.ebpf.map(MAP_CT).ok_or_else(|| MapError::InvalidName { name: MAP_CT.to_string() })?;
+        HashMap::try_from(map)
+    }
+
+    /// Every CT entry (a snapshot; entries may change while it is taken).
+    pub fn ct_entries(&self) -> Result<Vec<(CtTuple, CtEntry)>, MapError> {
+        self.ct_map()?.iter().collect()
+    }
+
+    /// Delete the entries whose `expires_ns` is at or before `now_ns`
+    /// (CLOCK_MONOTONIC, see [`monotonic_now_ns`]). Returns how many.
+    pub fn ct_gc(&mut self, now_ns: u64) -> Result<usize, MapError> {
+        let expired: Vec<CtTuple> = self
+            .ct_entries()?
+            .into_iter()
+            .filter(|(_, e)| e.expires_ns <= now_ns)
+            .map(|(t, _)| t)
+            .collect();
+        let map = self.ebpf.map_mut(MAP_CT).ok_or_else(|| MapError::InvalidName { name: MAP_CT.to_string() })?;
+        let mut ct = HashMap::<_, CtTuple, CtEntry>::try_from(map)?;
+        let mut removed = 0;
+        for tuple in &expired {
+            match ct.remove(tuple) {
+                Ok(()) => removed += 1,
+                // gone meanwhile (LRU eviction, another GC): not an error
+                Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The global counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, MapError> {
+        let mut out = [0u64; COUNTER_MAX];
+        for c in Counter::ALL {
+            out[c as usize] = percpu_sum(&self.ebpf, MAP_COUNTERS, c as u32)?;
+        }
+        Ok(Counters(out))
+    }
+
+    pub fn ct_max_entries(&self) -> u32 {
+        self.ct_max_entries
+    }
+}
+
+/// Verdict of the built-in test program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// TC_ACT_OK: accept and end the chain.
+    Pass,
+    /// TC_ACT_UNSPEC / TCX_NEXT: let the next program run.
+    Unspec,
+    /// TC_ACT_SHOT: drop.
+    Drop,
+}
+
+impl Verdict {
+    /// The TC return code.
+    pub fn tc_action(self) -> i32 {
+        match self {
+            Verdict::Pass => TC_ACT_OK,
+            Verdict::Unspec => TC_ACT_UNSPEC,
+            Verdict::Drop => TC_ACT_SHOT,
+        }
+    }
+}
+
+/// `tclab_verdict` from `testprogs.o`: returns a fixed verdict and counts
+/// what it saw. Each instance has its own counters.
+pub struct TestProgram {
+    ebpf: Ebpf,
+    verdict: Verdict,
+}
+
+impl TestProgram {
+    pub fn load(verdict: Verdict) -> Result<TestProgram, LoadError> {
+        const OBJECT: &str = "testprogs.o";
+        let code = verdict.tc_action();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_TEST_VERDICT, &code, true)
+            .load(objects::TESTPROGS)
+            .map_err(|source| LoadError::Object { object: OBJECT, source: Box::new(source) })?;
+        load_classifier(&mut ebpf, OBJECT, PROG_TEST_VERDICT)?;
+        Ok(TestProgram { ebpf, verdict })
+    }
+
+    pub fn name(&self) -> &'static str {
+        PROG_TEST_VERDICT
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
+    }
+
+    pub fn program_mut(&mut self) -> &mut SchedClassifier {
+        classifier_mut(&mut self.ebpf, PROG_TEST_VERDICT)
+    }
+
+    pub fn program(&self) -> &SchedClassifier {
+        classifier(&self.ebpf, PROG_TEST_VERDICT)
+    }
+
+    /// Packets the program saw (all CPUs).
+    pub fn packets(&self) -> Result<u64, MapError> {
+        percpu_sum(&self.ebpf, MAP_TEST_STATS, 0)
+    }
+
+    /// Bytes (skb->len) the program saw (all CPUs).
+    pub fn bytes(&self) -> Result<u64, MapError> {
+        percpu_sum(&self.ebpf, MAP_TEST_STATS, 1)
+    }
+}
+
+/// `tclab_empty` from `testprogs.o`: returns TC_ACT_UNSPEC, nothing else.
+pub struct EmptyClassifier {
+    ebpf: Ebpf,
+}
+
+impl EmptyClassifier {
+    pub fn name(&self) -> &'static str {
+        PROG_EMPTY
+    }
+
+    pub fn program_mut(&mut self) -> &mut SchedClassifier {
+        classifier_mut(&mut self.ebpf, PROG_EMPTY)
+    }
+
+    pub fn program(&self) -> &SchedClassifier {
+        classifier(&self.ebpf, PROG_EMPTY)
+    }
+}
+
+/// Load the empty classifier: the baseline of the per-packet benchmarks.
+pub fn empty_classifier() -> Result<EmptyClassifier, LoadError> {
+    const OBJECT: &str = "testprogs.o";
+    let mut ebpf = EbpfLoader::new()
+        .load(objects::TESTPROGS)
+        .map_err(|source| LoadError::Object { object: OBJECT, source: Box::new(source) })?;
+    load_classifier(&mut ebpf, OBJECT, PROG_EMPTY)?;
+    Ok(EmptyClassifier { ebpf })
+}

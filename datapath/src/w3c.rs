@@ -1,1 +1,211 @@
-//! (being written)
+//! W3C Trace Context level 1: the `traceparent` header, as a reference
+//! implementation of the rules the kernel applies (`ebpf/include/traceparent.h`).
+//!
+//! `version "-" trace-id "-" parent-id "-" trace-flags`, all lowercase hex:
+//! version 2 characters (`ff` invalid), trace-id 32 (not all zero), parent-id
+//! 16 (not all zero), flags 2. Version `00` is exactly 55 characters; a later
+//! version keeps that layout and, after the flags, either ends or continues
+//! with `-` (spec: "Vendors MUST check that the 2 characters are either the
+//! end of the string or a dash"). Surrounding spaces and tabs (HTTP's OWS)
+//! are ignored. <https://www.w3.org/TR/trace-context-1/#traceparent-header>
+
+use std::fmt;
+
+/// A valid traceparent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceParent {
+    pub version: u8,
+    pub trace_id: [u8; 16],
+    pub parent_id: [u8; 8],
+    pub flags: u8,
+}
+
+/// Why a traceparent value is invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TraceparentError {
+    #[error("traceparent is {0} characters, shorter than 55")]
+    TooShort(usize),
+    #[error("traceparent version 00 must be exactly 55 characters, not {0}")]
+    Version00Length(usize),
+    #[error("traceparent version ff is invalid")]
+    VersionFf,
+    #[error("traceparent has no '-' at position {0}")]
+    MissingDash(usize),
+    #[error("traceparent has a character that is not lowercase hex at position {0}")]
+    NotLowerHex(usize),
+    #[error("traceparent trace-id is all zeros")]
+    ZeroTraceId,
+    #[error("traceparent parent-id is all zeros")]
+    ZeroParentId,
+    #[error("traceparent of a later version continues after the flags without '-' (position 55)")]
+    BadSuffix,
+}
+
+fn lower_hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Decode `out.len()` bytes of lowercase hex starting at `at` in `v`.
+fn hex_field(v: &[u8], at: usize, out: &mut [u8]) -> Result<(), TraceparentError> {
+    for (i, byte) in out.iter_mut().enumerate() {
+        let hi = lower_hex(v[at + 2 * i]).ok_or(TraceparentError::NotLowerHex(at + 2 * i))?;
+        let lo = lower_hex(v[at + 2 * i + 1]).ok_or(TraceparentError::NotLowerHex(at + 2 * i + 1))?;
+        *byte = hi << 4 | lo;
+    }
+    Ok(())
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let is_ows = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = v.iter().position(|c| !is_ows(c)).unwrap_or(v.len());
+    let end = v.iter().rposition(|c| !is_ows(c)).map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Parse a traceparent header value (what follows `traceparent:` up to the
+/// end of the line; surrounding spaces and tabs are allowed).
+pub fn parse_traceparent(value: &[u8]) -> Result<TraceParent, TraceparentError> {
+    let v = trim_ows(value);
+    if v.len() < 55 {
+        return Err(TraceparentError::TooShort(v.len()));
+    }
+    let mut version = [0u8; 1];
+    hex_field(v, 0, &mut version)?;
+    for dash in [2, 35, 52] {
+        if v[dash] != b'-' {
+            return Err(TraceparentError::MissingDash(dash));
+        }
+    }
+    let mut tp = TraceParent { version: version[0], trace_id: [0; 16], parent_id: [0; 8], flags: 0 };
+    hex_field(v, 3, &mut tp.trace_id)?;
+    hex_field(v, 36, &mut tp.parent_id)?;
+    let mut flags = [0u8; 1];
+    hex_field(v, 53, &mut flags)?;
+    tp.flags = flags[0];
+    if tp.version == 0xff {
+        return Err(TraceparentError::VersionFf);
+    }
+    if tp.version == 0 && v.len() != 55 {
+        return Err(TraceparentError::Version00Length(v.len()));
+    }
+    if v.len() > 55 && v[55] != b'-' {
+        return Err(TraceparentError::BadSuffix);
+    }
+    if tp.trace_id == [0; 16] {
+        return Err(TraceparentError::ZeroTraceId);
+    }
+    if tp.parent_id == [0; 8] {
+        return Err(TraceparentError::ZeroParentId);
+    }
+    Ok(tp)
+}
+
+impl TraceParent {
+    /// A new root context: random non-zero ids, version 00, sampled.
+    pub fn new_root<R: rand::Rng + ?Sized>(rng: &mut R) -> TraceParent {
+        TraceParent { version: 0, trace_id: new_trace_id(rng), parent_id: new_span_id(rng), flags: 0x01 }
+    }
+
+    /// The same trace with a new span (this hop's id as the parent of the next).
+    pub fn child<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> TraceParent {
+        TraceParent { version: 0, parent_id: new_span_id(rng), ..*self }
+    }
+
+    pub fn sampled(&self) -> bool {
+        self.flags & 0x01 != 0
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        hex::encode(self.trace_id)
+    }
+
+    pub fn parent_id_hex(&self) -> String {
+        hex::encode(self.parent_id)
+    }
+}
+
+/// A random trace-id that is not all zero.
+pub fn new_trace_id<R: rand::Rng + ?Sized>(rng: &mut R) -> [u8; 16] {
+    loop {
+        let id: [u8; 16] = rng.r#gen();
+        if id != [0; 16] {
+            return id;
+        }
+    }
+}
+
+/// A random span (parent) id that is not all zero.
+pub fn new_span_id<R: rand::Rng + ?Sized>(rng: &mut R) -> [u8; 8] {
+    loop {
+        let id: [u8; 8] = rng.r#gen();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+impl fmt::Display for TraceParent {
+    /// The version-00 form: `00-<trace-id>-<parent-id>-<flags>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02x}-{}-{}-{:02x}", self.version, self.trace_id_hex(), self.parent_id_hex(), self.flags)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn valid_value_parses_and_displays_back() {
+        let tp = parse_traceparent(VALID.as_bytes()).unwrap();
+        assert_eq!(tp.to_string(), VALID);
+        assert!(tp.sampled());
+        assert_eq!(tp.parent_id_hex(), "00f067aa0ba902b7");
+        assert_eq!(parse_traceparent(format!(" \t{VALID}\t ").as_bytes()), Ok(tp));
+    }
+
+    #[test]
+    fn every_rule_rejects() {
+        use TraceparentError::*;
+        let cases: [(String, TraceparentError); 9] = [
+            (VALID[..54].to_string(), TooShort(54)),
+            (format!("{VALID}0"), Version00Length(56)),
+            (VALID.replacen("00-", "ff-", 1), VersionFf),
+            (VALID.to_uppercase(), NotLowerHex(4)),
+            (VALID.replace("4bf92f3577b34da6a3ce929d0e0e4736", &"0".repeat(32)), ZeroTraceId),
+            (VALID.replace("00f067aa0ba902b7", &"0".repeat(16)), ZeroParentId),
+            (VALID.replacen('-', "_", 1), MissingDash(2)),
+            (VALID.replacen("00-", "01-", 1) + "x", BadSuffix),
+            (VALID.replace("-01", "-0g"), NotLowerHex(54)),
+        ];
+        for (value, want) in cases {
+            assert_eq!(parse_traceparent(value.as_bytes()), Err(want), "{value}");
+        }
+    }
+
+    #[test]
+    fn future_versions_keep_the_layout() {
+        let v1 = VALID.replacen("00-", "cc-", 1);
+        assert_eq!(parse_traceparent(v1.as_bytes()).unwrap().version, 0xcc);
+        assert!(parse_traceparent(format!("{v1}-what-the-future-holds").as_bytes()).is_ok());
+        assert!(parse_traceparent(format!("{v1}-").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn generated_ids_are_valid() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..100 {
+            let root = TraceParent::new_root(&mut rng);
+            let child = root.child(&mut rng);
+            assert_eq!(parse_traceparent(child.to_string().as_bytes()), Ok(child));
+            assert_eq!(child.trace_id, root.trace_id);
+        }
+    }
+}

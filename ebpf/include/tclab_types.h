@@ -131,7 +131,7 @@ struct http_event {
 	__u8 traceparent_status;/* enum traceparent_status */
 	__u8 tracestate_len;
 	__u8 traceparent[TCLAB_TRACEPARENT_LEN + 1]; /* NUL-padded, lower-case */
-	__u8 _pad[7];
+	__u8 _pad[8];           /* 8, not 7: no tail padding (520 bytes) */
 	__u8 tracestate[TCLAB_TRACESTATE_MAX];
 	__u8 payload[TCLAB_PAYLOAD_CAPTURE];
 };

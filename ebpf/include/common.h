@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Includes and small helpers every tclab program uses. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "tclab_types.h"
+
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+
+/* Branch-free "x == 0" for values below 2^63: 1 when zero, else 0. The BPF
+ * ISA has no set-on-condition instruction, so a C comparison becomes a jump,
+ * and jumps inside the long scanning loops multiply the states the verifier
+ * walks (see traceparent.h). */
+static __always_inline __u64 bf_is_zero(__u64 x)
+{
+	return (x - 1) >> 63;
+}
+
+/* Branch-free equality of two bytes. */
+static __always_inline __u64 bf_eq8(__u64 a, __u64 b)
+{
+	return bf_is_zero((a ^ b) & 0xff);
+}

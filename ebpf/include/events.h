@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Events to user space: a BPF_MAP_TYPE_RINGBUF (5.8+), or with
+ * -DTCLAB_EVENTS_PERF a per-CPU perf event array for kernels without ring
+ * buffers. Events are built in the per-CPU scratch value and copied out in
+ * one call, so both transports share the code. A failed output is counted in
+ * CNT_EVENTS_LOST: loss is never silent.
+ */
+#pragma once
+
+#include "counters.h"
+#include "scratch.h"
+
+/* Ring buffer size in bytes (a power of two, multiple of the page size):
+ * 512 HTTP events of ~520 bytes. */
+#define TCLAB_EVENTS_RINGBUF_SIZE (256 * 1024)
+
+#ifdef TCLAB_EVENTS_PERF
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} tclab_events SEC(".maps");
+#else
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, TCLAB_EVENTS_RINGBUF_SIZE);
+} tclab_events SEC(".maps");
+#endif
+
+static __always_inline void __event_output(struct __sk_buff *skb, void *ev, __u64 size)
+{
+	long err;
+
+#ifdef TCLAB_EVENTS_PERF
+	err = bpf_perf_event_output(skb, &tclab_events, BPF_F_CURRENT_CPU, ev, size);
+#else
+	err = bpf_ringbuf_output(&tclab_events, ev, size, 0);
+#endif
+	if (err)
+		counter_inc(CNT_EVENTS_LOST);
+}
+
+static __always_inline void event_header_fill(struct event_header *h, struct __sk_buff *skb,
+					      const struct pkt_info *pkt, __u32 kind, __u8 dir)
+{
+	h->ts_ns = bpf_ktime_get_ns();
+	h->kind = kind;
+	h->ifindex = skb->ifindex;
+	__builtin_memcpy(&h->tuple, &pkt->tuple, sizeof(h->tuple));
+	h->dir = dir;
+	h->ct_status = pkt->ct_status;
+	h->tcp_flags = pkt->tcp_flags;
+	__builtin_memset(h->_pad, 0, sizeof(h->_pad));
+}
+
+/* EV_CONN_OPEN / EV_CONN_CLOSE / EV_CT_INSERT_FAILED; entry may be NULL. */
+static __always_inline void event_conn(struct __sk_buff *skb, struct tclab_scratch *s, __u32 kind,
+				       __u8 dir, const struct ct_entry *entry)
+{
+	struct conn_event *ev = &s->conn;
+
+	event_header_fill(&ev->hdr, skb, &s->pkt, kind, dir);
+	if (entry)
+		__builtin_memcpy(&ev->entry, entry, sizeof(ev->entry));
+	else
+		__builtin_memset(&ev->entry, 0, sizeof(ev->entry));
+	__event_output(skb, ev, sizeof(*ev));
+}
+
+static __always_inline void event_http(struct __sk_buff *skb, struct tclab_scratch *s)
+{
+	__event_output(skb, &s->http, sizeof(s->http));
+}

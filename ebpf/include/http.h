@@ -1,0 +1,244 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * HTTP/1.1 on TCP payload: request lines (method + space), status lines
+ * ("HTTP/1.x NNN "), the traceparent/tracestate headers of a request, and
+ * requests whose header block is split across segments.
+ *
+ * The payload is copied with bpf_skb_load_bytes into the per-CPU scan
+ * buffer (it works on non-linear skbs, so no bpf_skb_pull_data is needed,
+ * and the packet is never touched). Only the first TCLAB_HTTP_COPY bytes of
+ * a segment are looked at; header lines must start in the first
+ * TCLAB_HTTP_SCAN bytes.
+ *
+ * Split requests: a request segment without the end of its header block
+ * and without traceparent marks the CT entry CT_F_HTTP_PENDING; later
+ * non-HTTP segments of that connection are scanned as a continuation (their
+ * first byte counts as a line start) and emit EV_HTTP_CONTINUATION; the flag
+ * clears when the header end or a traceparent is seen. Limits: a header
+ * name split across two segments is not found; the pending flag does not
+ * record the direction, so a data segment from the other side while a
+ * request is pending is scanned too (harmless: it carries no header).
+ * Pipelined requests in one segment: the scan stops at the first header
+ * end, so only the first request's traceparent is read.
+ */
+#pragma once
+
+#include "ct.h"
+#include "events.h"
+#include "traceparent.h"
+
+#define LE4(a, b, c, d) ((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24)
+#define LE8(a, b, c, d, e, f, g, h) (LE4(a, b, c, d) | LE4(e, f, g, h) << 32)
+
+enum http_kind {
+	HTTP_NONE = 0,
+	HTTP_REQUEST,
+	HTTP_RESPONSE,
+	HTTP_CONTINUATION,
+};
+
+static __always_inline __u64 __http_prefix(__u64 h, __u64 lit, __u32 len)
+{
+	__u64 mask = len >= 8 ? ~0ULL : (1ULL << (len * 8)) - 1;
+
+	return (h & mask) == lit;
+}
+
+static __always_inline int __http_digit(__u8 c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/* Classify a segment from its first 16 bytes (zero-padded). */
+static __always_inline int http_classify(const __u8 *head)
+{
+	__u64 h = *(const __u64 *)head;
+
+	if (__http_prefix(h, LE4('G', 'E', 'T', ' '), 4) ||
+	    __http_prefix(h, LE4('P', 'U', 'T', ' '), 4) ||
+	    __http_prefix(h, LE8('H', 'E', 'A', 'D', ' ', 0, 0, 0), 5) ||
+	    __http_prefix(h, LE8('P', 'O', 'S', 'T', ' ', 0, 0, 0), 5) ||
+	    __http_prefix(h, LE8('T', 'R', 'A', 'C', 'E', ' ', 0, 0), 6) ||
+	    __http_prefix(h, LE8('P', 'A', 'T', 'C', 'H', ' ', 0, 0), 6) ||
+	    __http_prefix(h, LE8('D', 'E', 'L', 'E', 'T', 'E', ' ', 0), 7) ||
+	    __http_prefix(h, LE8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' '), 8) ||
+	    __http_prefix(h, LE8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' '), 8))
+		return HTTP_REQUEST;
+	if (__http_prefix(h, LE8('H', 'T', 'T', 'P', '/', '1', '.', 0), 7) &&
+	    __http_digit(head[7]) && head[8] == ' ' && __http_digit(head[9]) &&
+	    __http_digit(head[10]) && __http_digit(head[11]) &&
+	    (head[12] == ' ' || head[12] == '\r'))
+		return HTTP_RESPONSE;
+	return HTTP_NONE;
+}
+
+static __always_inline void __http_line_start(struct http_scan *sc, __u32 pos)
+{
+	__u32 n = sc->nlines;
+
+	if (n < TCLAB_HTTP_MAX_LINES) {
+		sc->lines[n & (TCLAB_HTTP_MAX_LINES - 1)] = pos;
+		sc->nlines = n + 1;
+	}
+}
+
+/* Record the position after every LF in the first TCLAB_HTTP_SCAN bytes,
+ * eight bytes at a time: words without LF (most) cost a few instructions.
+ * Results go to map memory so the loop's exits all look alike to the
+ * verifier. */
+static __always_inline void http_scan_lines(struct tclab_scratch *s)
+{
+	struct http_scan *sc = &s->scan;
+	__u32 limit = sc->copied + 1;
+	__u32 w;
+
+#pragma clang loop unroll(disable)
+	for (w = 0; w < TCLAB_HTTP_SCAN / 8; w++) {
+		__u32 base = w * 8;
+		__u64 x, t;
+		int b;
+
+		if (base >= limit)
+			break;
+		x = *(const __u64 *)(s->buf + base) ^ 0x0a0a0a0a0a0a0a0aULL;
+		t = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+		if (!t)
+			continue;
+#pragma unroll
+		for (b = 0; b < 8; b++)
+			if (s->buf[base + b] == '\n')
+				__http_line_start(sc, base + b + 1);
+	}
+}
+
+/* Walk the recorded line starts up to the end of the header block and
+ * note where traceparent and tracestate start (first occurrence). */
+static __always_inline void http_scan_headers(struct tclab_scratch *s)
+{
+	struct http_scan *sc = &s->scan;
+	__u32 j;
+
+#pragma clang loop unroll(disable)
+	for (j = 0; j < TCLAB_HTTP_MAX_LINES; j++) {
+		__u32 p;
+		__u64 w8, w4;
+		const __u8 *l;
+
+		if (j >= sc->nlines)
+			break;
+		p = sc->lines[j] & TCLAB_POS_MASK;
+		l = s->buf + p;
+		if (l[0] == '\n' || (l[0] == '\r' && l[1] == '\n')) {
+			sc->hdr_end = p;
+			break;
+		}
+		w8 = *(const __u64 *)l | 0x2020202020202020ULL;
+		w4 = *(const __u32 *)(l + 8) | 0x00202020;
+		if (!sc->tp_pos && w8 == LE8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
+		    w4 == LE4('e', 'n', 't', ':'))
+			sc->tp_pos = p;
+		w4 = *(const __u32 *)(l + 7) | 0x00202020;
+		if (!sc->ts_pos && w8 == LE8('t', 'r', 'a', 'c', 'e', 's', 't', 'a') &&
+		    w4 == LE4('a', 't', 'e', ':'))
+			sc->ts_pos = p;
+	}
+}
+
+/* Copy the segment into the scan buffer; buf[0] is a virtual line start
+ * for a continuation segment. Returns the bytes copied. */
+static __always_inline __u32 http_copy(struct __sk_buff *skb, struct tclab_scratch *s, int kind)
+{
+	struct pkt_info *pkt = &s->pkt;
+	__u32 n = pkt->payload_len;
+
+	if (n > TCLAB_HTTP_COPY)
+		n = TCLAB_HTTP_COPY;
+	n &= TCLAB_POS_MASK;
+	if (n == 0 || bpf_skb_load_bytes(skb, pkt->payload_off, s->buf + 1, n))
+		return 0;
+	s->buf[0] = kind == HTTP_CONTINUATION ? '\n' : 0;
+	/* zero padding: matches, value checks and captures never see the
+	 * previous packet's bytes */
+	__builtin_memset(s->buf + 1 + n, 0, TCLAB_SCAN_PAD);
+	return n;
+}
+
+/* Traceparent/tracestate of a request or continuation into the event. */
+static __always_inline void http_trace_headers(struct tclab_scratch *s)
+{
+	struct http_scan *sc = &s->scan;
+	struct http_event *ev = &s->http;
+
+	http_scan_lines(s);
+	http_scan_headers(s);
+	if (sc->tp_pos) {
+		ev->traceparent_status = tp_validate(s, sc->tp_pos, ev->traceparent);
+		counter_inc(ev->traceparent_status == TP_VALID ? CNT_TRACEPARENT_VALID
+							       : CNT_TRACEPARENT_INVALID);
+	}
+	if (sc->ts_pos)
+		ev->tracestate_len = ts_copy(s, sc->ts_pos, ev->tracestate);
+}
+
+/* Set or clear CT_F_HTTP_PENDING after scanning a request segment. */
+static __always_inline void http_update_pending(struct ct_entry *e, const struct tclab_scratch *s)
+{
+	if (!e)
+		return;
+	if (!s->scan.hdr_end && s->http.traceparent_status == TP_MISSING)
+		e->flags |= CT_F_HTTP_PENDING;
+	else
+		e->flags &= ~CT_F_HTTP_PENDING;
+}
+
+static __always_inline void http_process(struct __sk_buff *skb, struct tclab_scratch *s, __u8 dir)
+{
+	struct pkt_info *pkt = &s->pkt;
+	struct http_scan *sc = &s->scan;
+	struct http_event *ev = &s->http;
+	struct ct_entry *e;
+	__u32 n;
+	int kind;
+
+	n = pkt->payload_len < 16 ? pkt->payload_len : 16;
+	__builtin_memset(sc, 0, sizeof(*sc));
+	if (n == 0 || bpf_skb_load_bytes(skb, pkt->payload_off, sc->head, n & 31))
+		return;
+	kind = http_classify(sc->head);
+	e = ct_entry_of(s);
+	if (kind == HTTP_NONE) {
+		if (!e || !(e->flags & CT_F_HTTP_PENDING))
+			return;
+		kind = HTTP_CONTINUATION;
+	}
+	n = http_copy(skb, s, kind);
+	if (!n)
+		return;
+	sc->copied = n;
+
+	event_header_fill(&ev->hdr, skb, pkt, kind == HTTP_REQUEST    ? EV_HTTP_REQUEST
+					      : kind == HTTP_RESPONSE ? EV_HTTP_RESPONSE
+								      : EV_HTTP_CONTINUATION,
+			  dir);
+	ev->payload_len = pkt->payload_len;
+	ev->captured_len = n < TCLAB_PAYLOAD_CAPTURE ? n : TCLAB_PAYLOAD_CAPTURE;
+	ev->traceparent_status = TP_MISSING;
+	ev->tracestate_len = 0;
+	__builtin_memset(ev->traceparent, 0, sizeof(ev->traceparent));
+	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
+	__builtin_memset(ev->tracestate, 0, sizeof(ev->tracestate));
+	__builtin_memcpy(ev->payload, s->buf + 1, TCLAB_PAYLOAD_CAPTURE);
+
+	if (kind == HTTP_RESPONSE) {
+		counter_inc(CNT_HTTP_RESPONSES);
+	} else {
+		if (kind == HTTP_REQUEST)
+			counter_inc(CNT_HTTP_REQUESTS);
+		http_trace_headers(s);
+		if (kind == HTTP_REQUEST)
+			http_update_pending(e, s);
+		else if (e && (sc->hdr_end || ev->traceparent_status != TP_MISSING))
+			e->flags &= ~CT_F_HTTP_PENDING;
+	}
+	event_http(skb, s);
+}
