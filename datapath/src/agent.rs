@@ -1,1 +1,367 @@
-//! (being written)
+//! The agent as a library: probe, load, check the chain rules, attach every
+//! device on both hooks, then turn ring-buffer events into spans.
+//!
+//! The lab embeds this in its own process, on a thread inside a network
+//! namespace, so: no global state, no signal handling, and everything
+//! namespace-scoped (device lookup, attach, chain queries) happens on the
+//! thread that calls [`Agent::start`] / [`Agent::chain`]. Detaching works from
+//! any thread (see `attach`). Dropping the agent detaches everything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{MapError, RingBuf};
+use tclab_net::tc::Direction;
+
+use crate::attach::{self, Api, AttachError, Attachment, Backend, DeviceState};
+use crate::chain::{self, Chain, ChainError, RuleError};
+use crate::ct::{self, CtError, CtRecord};
+use crate::events::{Event, EventReader};
+use crate::loader::{self, Datapath, DatapathConfig, EventTransport, Hook, LoadError};
+use crate::metrics::Metrics;
+use crate::probe::KernelFeatures;
+use crate::span::{RandomIds, Span, SpanBuilder, WallClock};
+use crate::types::Counter;
+
+/// What [`Agent::start`] needs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Devices to attach to (both hooks each), in the caller's namespace.
+    pub ifaces: Vec<String>,
+    /// Attach API choice.
+    pub backend: Backend,
+    /// Netlink priority (netlink backend only).
+    pub priority: u16,
+    /// CT size, map kind, lifetimes. `events` is overridden by the probe when
+    /// the kernel has no ring buffer.
+    pub datapath: DatapathConfig,
+    /// Apply the Cilium compatibility rules (refuse/warn). On by default.
+    pub enforce_rules: bool,
+    /// Service name printed in `svc=[…]`.
+    pub service_name: String,
+    /// Use these probe results instead of probing (the lab probes once per
+    /// kernel; tests force a backend).
+    pub features: Option<KernelFeatures>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            ifaces: Vec::new(),
+            backend: Backend::Auto,
+            priority: attach::DEFAULT_PRIORITY,
+            datapath: DatapathConfig::default(),
+            enforce_rules: true,
+            service_name: "tclab".to_owned(),
+            features: None,
+        }
+    }
+}
+
+/// Why the agent could not start, or an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No device given.
+    #[error("failed to start the agent: no interface given")]
+    NoInterface,
+    /// TCX asked for on a kernel without it.
+    #[error("failed to start the agent: backend tcx requested but this kernel ({kernel}) has no TCX (6.6+); use --backend netlink or auto")]
+    NoTcx {
+        /// Kernel release.
+        kernel: String,
+    },
+    /// Loading the BPF object failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A compatibility rule refused the start.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// Attaching failed (everything attached before is detached again).
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    /// Reading the chain failed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// Reading the CT map failed.
+    #[error(transparent)]
+    Ct(#[from] CtError),
+    /// A map of the object is missing or has the wrong type.
+    #[error("failed to open map {map} of the datapath: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// aya's error.
+        source: MapError,
+    },
+    /// The object has no events map.
+    #[error("failed to open map {0} of the datapath: not in the object")]
+    MissingMap(&'static str),
+    /// The perf-buffer fallback is needed but not implemented by the reader.
+    #[error("failed to read events: this kernel has no BPF ring buffer and the perf-buffer reader is not implemented")]
+    NoRingBuf,
+}
+
+/// A running agent.
+pub struct Agent {
+    // Declared first: dropped (detached) before the programs are unloaded.
+    attachments: Vec<Attachment>,
+    _devices: Vec<Arc<DeviceState>>,
+    datapath: Datapath,
+    events: EventReader,
+    spans: SpanBuilder,
+    features: KernelFeatures,
+    api: Api,
+    warnings: Vec<String>,
+    metrics: Arc<Metrics>,
+    clock: WallClock,
+    config: AgentConfig,
+    stopped: bool,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("api", &self.api)
+            .field("attachments", &self.attachments)
+            .field("warnings", &self.warnings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn direction(hook: Hook) -> Direction {
+    match hook {
+        Hook::Ingress => Direction::Ingress,
+        Hook::Egress => Direction::Egress,
+    }
+}
+
+impl Agent {
+    /// Probe, load, apply the rules, attach every device on both hooks.
+    /// On any error, what was attached is detached before returning.
+    ///
+    /// # Errors
+    /// [`AgentError`], naming the device and the step.
+    pub fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        if config.ifaces.is_empty() {
+            return Err(AgentError::NoInterface);
+        }
+        let features = config.features.clone().unwrap_or_else(KernelFeatures::probe);
+        let api = config.backend.resolve(features.tcx);
+        if api == Api::Tcx && !features.tcx {
+            return Err(AgentError::NoTcx { kernel: features.kernel_version.clone() });
+        }
+        if !features.ringbuf {
+            return Err(AgentError::NoRingBuf);
+        }
+        let mut dp_cfg = config.datapath;
+        dp_cfg.events = EventTransport::RingBuf;
+        let mut datapath = Datapath::load(&dp_cfg)?;
+        let mut warnings = Vec::new();
+        // Rules first for every device, so a refusal attaches nothing.
+        if config.enforce_rules {
+            for iface in &config.ifaces {
+                warnings.extend(chain::check_rules(&chain::read_chain(iface, &[])?, api)?);
+            }
+        }
+        let (attachments, devices) = attach_all(&mut datapath, &config, api)?;
+        let ours: Vec<u32> = attachments.iter().map(|a| a.prog_id).collect();
+        for iface in &config.ifaces {
+            warnings.extend(chain::warn_before_us(&chain::read_chain(iface, &ours)?));
+        }
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        let ring = datapath.ebpf_mut().take_map(loader::MAP_EVENTS).ok_or(AgentError::MissingMap(loader::MAP_EVENTS))?;
+        let ring = RingBuf::try_from(ring).map_err(|source| AgentError::Map { map: loader::MAP_EVENTS, source })?;
+        let agent = Agent {
+            attachments,
+            _devices: devices,
+            datapath,
+            events: EventReader::new(ring),
+            spans: SpanBuilder::new(Box::new(RandomIds)),
+            features,
+            api,
+            warnings,
+            metrics: Arc::new(Metrics::default()),
+            clock: WallClock::now(),
+            config,
+            stopped: false,
+        };
+        agent.refresh_metrics();
+        Ok(agent)
+    }
+
+    /// Kernel features the agent started with.
+    pub fn features(&self) -> &KernelFeatures {
+        &self.features
+    }
+
+    /// The attach API in use.
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    /// Warnings from the rules and the chain (also logged).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// What is attached.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// Kernel ids of our programs (as attached).
+    pub fn program_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.attachments.iter().map(|a| a.prog_id).collect();
+        ids.dedup();
+        ids
+    }
+
+    /// Clock used for Beyla timestamps.
+    pub fn clock(&self) -> &WallClock {
+        &self.clock
+    }
+
+    /// Service name for `svc=[…]`.
+    pub fn service_name(&self) -> &str {
+        &self.config.service_name
+    }
+
+    /// The loaded datapath (counters, CT GC, maps).
+    pub fn datapath(&mut self) -> &mut Datapath {
+        &mut self.datapath
+    }
+
+    /// Shared metrics (serve them with `metrics::MetricsServer`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Wait up to `timeout` for events; return the spans they completed.
+    pub fn poll_spans(&mut self, timeout: Duration) -> Vec<Span> {
+        let events = self.events.poll(timeout);
+        self.to_spans(&events)
+    }
+
+    /// Spans from whatever events are queued now, without waiting.
+    pub fn drain(&mut self) -> Vec<Span> {
+        let events = self.events.drain();
+        self.to_spans(&events)
+    }
+
+    /// Wait up to `timeout` for events; return them raw along with the spans
+    /// they completed (the lab records both).
+    pub fn poll_events(&mut self, timeout: Duration) -> (Vec<Event>, Vec<Span>) {
+        let events = self.events.poll(timeout);
+        let spans = self.to_spans(&events);
+        (events, spans)
+    }
+
+    fn to_spans(&mut self, events: &[Event]) -> Vec<Span> {
+        let spans: Vec<Span> = events.iter().filter_map(|e| self.spans.push(e)).collect();
+        for s in &spans {
+            self.metrics.inc_span(s.kind);
+        }
+        spans
+    }
+
+    /// Ring-buffer records that failed to decode.
+    pub fn decode_errors(&self) -> u64 {
+        self.events.decode_errors()
+    }
+
+    /// Events the kernel could not queue (`CNT_EVENTS_LOST`).
+    ///
+    /// # Errors
+    /// [`AgentError::Map`] when the counters map cannot be read.
+    pub fn events_lost(&self) -> Result<u64, AgentError> {
+        Ok(self.counter(Counter::EventsLost)?)
+    }
+
+    fn counter(&self, c: Counter) -> Result<u64, AgentError> {
+        let counters = self.datapath.counters().map_err(|source| AgentError::Map { map: loader::MAP_COUNTERS, source })?;
+        Ok(counters.get(c))
+    }
+
+    /// The CT table, sorted.
+    ///
+    /// # Errors
+    /// [`AgentError::Ct`].
+    pub fn ct_table(&self) -> Result<Vec<CtRecord>, AgentError> {
+        let map = self.datapath.ebpf().map(loader::MAP_CT).ok_or(AgentError::MissingMap(loader::MAP_CT))?;
+        Ok(ct::read_ct(map, loader::MAP_CT)?)
+    }
+
+    /// The chain of every device (call on a thread in the devices' namespace).
+    ///
+    /// # Errors
+    /// [`AgentError::Chain`].
+    pub fn chain(&self) -> Result<Vec<Chain>, AgentError> {
+        let ours = self.program_ids();
+        Ok(self.config.ifaces.iter().map(|i| chain::read_chain(i, &ours)).collect::<Result<_, _>>()?)
+    }
+
+    /// Update the metrics from the kernel counters and the CT table size.
+    pub fn refresh_metrics(&self) {
+        match self.datapath.counters() {
+            Ok(c) => self.metrics.set_kernel_counters(
+                c.get(Counter::Packets),
+                c.get(Counter::CtInsertFailed),
+                c.get(Counter::EventsLost),
+            ),
+            Err(e) => tracing::warn!(error = %e, "failed to read the datapath counters"),
+        }
+        match self.ct_table() {
+            Ok(t) => self.metrics.set_ct(t.len() as u64, u64::from(self.datapath.ct_max_entries())),
+            Err(e) => tracing::warn!(error = %e, "failed to read the CT table"),
+        }
+    }
+
+    /// Detach everything, reporting the first failure (drop does the same
+    /// and logs).
+    ///
+    /// # Errors
+    /// [`AgentError::Attach`] when a detach failed (the others still ran).
+    pub fn stop(mut self) -> Result<(), AgentError> {
+        self.stopped = true;
+        let mut first = None;
+        for a in self.attachments.drain(..) {
+            if let Err(e) = a.detach() {
+                tracing::warn!(error = %e, "failed to detach");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), |e| Err(AgentError::Attach(e)))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if !self.stopped && !self.attachments.is_empty() {
+            tracing::debug!(n = self.attachments.len(), "agent dropped: detaching");
+        }
+        // Attachments detach in their own Drop, before the programs unload.
+        self.attachments.clear();
+    }
+}
+
+/// Attach both hooks of every device; on failure the ones already made are
+/// dropped (detached) with the returned error.
+fn attach_all(
+    datapath: &mut Datapath,
+    config: &AgentConfig,
+    api: Api,
+) -> Result<(Vec<Attachment>, Vec<Arc<DeviceState>>), AgentError> {
+    let mut out = Vec::new();
+    let mut devices = Vec::new();
+    for iface in &config.ifaces {
+        let device = Arc::new(DeviceState::default());
+        for hook in [Hook::Ingress, Hook::Egress] {
+            let prog = datapath.program_mut(hook);
+            out.push(attach::attach(prog, hook.program_name(), iface, direction(hook), api, config.priority, &device)?);
+        }
+        devices.push(device);
+    }
+    Ok((out, devices))
+}
