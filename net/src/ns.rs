@@ -80,6 +80,8 @@ impl NetNs {
     /// Everything namespace-scoped (netlink sockets, `if_nametoindex`, aya
     /// attach, AF_PACKET sockets, /proc/sys/net writes) must be done inside.
     /// Sockets opened inside stay in this namespace after `f` returns.
+    /// `/proc/net` is `/proc/self/net`, the *main thread's* view: read
+    /// `/proc/thread-self/net/...` inside instead (/proc/sys/net is fine).
     ///
     /// # Panics
     /// When `setns` fails, which needs a process without CAP_SYS_ADMIN; use
@@ -108,6 +110,20 @@ impl NetNs {
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
+    }
+
+    /// Another handle on the same namespace (a `dup` of the fd), keeping it
+    /// alive independently of `self`.
+    ///
+    /// # Errors
+    /// [`NetError::Namespace`] when `dup` fails.
+    pub fn try_clone(&self) -> Result<NetNs, NetError> {
+        let fd = self.fd.try_clone().map_err(|source| NetError::Namespace {
+            op: "dup the namespace fd",
+            ns: self.name.clone(),
+            source,
+        })?;
+        Ok(NetNs { fd, name: self.name.clone() })
     }
 
     /// The human name given at creation ("host" for [`NetNs::current`]).

@@ -14,8 +14,7 @@
 //!   a TC ingress program drops is not seen. `ETH_P_ALL` sockets on the device
 //!   (`Capture::all`) are taps that run **before** TC ingress and see it all.
 //! * [`Capture::all`] on the **peer**: what left the device after its TC
-//!   egress (taps on the device itself would see it too, as
-//!   `dev_queue_xmit_nit` runs after `sch_handle_egress`; the peer is simpler).
+//!   egress. A frame the device's TC egress drops never reaches the peer.
 //!
 //! VLAN (verified on the host kernel): the receive path moves an
 //! 802.1Q/802.1ad tag into skb metadata before any tap runs; [`Capture::all`]

@@ -20,14 +20,26 @@ struct Lab {
     a: NetNs,
     b: NetNs,
     pair: VethPair,
+    guard: LeftBehind,
 }
 
 /// `a` is the device under test, `b` its peer.
 fn lab(tag: &str) -> Lab {
-    let a = NetNs::new(&format!("t-{tag}-a")).unwrap();
-    let b = NetNs::new(&format!("t-{tag}-b")).unwrap();
-    let pair = create_veth_pair(&a, &format!("t-{tag}-a"), &b, &format!("t-{tag}-b"), Some((MAC_A, MAC_B))).unwrap();
-    Lab { a, b, pair }
+    let (name_a, name_b) = (format!("t-{tag}-a"), format!("t-{tag}-b"));
+    let guard = LeftBehind::start(&[&name_a, &name_b]);
+    let a = NetNs::new(&name_a).unwrap();
+    let b = NetNs::new(&name_b).unwrap();
+    let pair = create_veth_pair(&a, &name_a, &b, &name_b, Some((MAC_A, MAC_B))).unwrap();
+    Lab { a, b, pair, guard }
+}
+
+impl Lab {
+    /// Drop the namespaces, then check nothing was left behind.
+    fn finish(self) {
+        let Lab { a, b, guard, .. } = self;
+        drop((a, b));
+        guard.check();
+    }
 }
 
 /// An Ethernet frame b -> a with `ethertype` and a recognisable payload.
@@ -66,7 +78,6 @@ fn idle_pair_is_silent_but_an_ipv6_enabled_one_is_not() {
     if !require::root("idle_pair_is_silent_but_an_ipv6_enabled_one_is_not") {
         return;
     }
-    let guard = LeftBehind::start(&["t-idle-a", "t-idle-b"]);
     let l = lab("idle");
     let mut on_a = l.a.run(|| Capture::all(l.pair.a.ifindex)).unwrap();
     let mut on_b = l.b.run(|| Capture::all(l.pair.b.ifindex)).unwrap();
@@ -80,8 +91,7 @@ fn idle_pair_is_silent_but_an_ipv6_enabled_one_is_not() {
     set_link_up(&l.a, "t-idle-a").unwrap();
     let noisy = on_b.drain(Duration::from_millis(1500)).unwrap();
     assert!(noisy.iter().any(|f| f.data[12..14] == [0x86, 0xdd]), "expected IPv6 frames, got {noisy:?}");
-    drop(l);
-    guard.check();
+    l.finish();
 }
 
 #[test]
@@ -109,6 +119,7 @@ fn injected_frames_arrive_byte_identical_in_both_directions() {
     assert_frames(&at_peer.drain(QUIET).unwrap(), &[back], "capture");
     assert!(after_ingress.drain(QUIET).unwrap().is_empty(), "a frame a sends is not a's ingress");
     assert!(from_peer.send(&[0u8; 10]).is_err(), "runt frames are refused");
+    l.finish();
 }
 
 #[test]
@@ -135,6 +146,7 @@ fn ethertype_sockets_run_after_tc_ingress_and_all_taps_before() {
     inject.send(&f).unwrap();
     assert_frames(&after.drain(QUIET).unwrap(), std::slice::from_ref(&f), "capture");
     assert_frames(&tap.drain(QUIET).unwrap(), &[f], "capture");
+    l.finish();
 }
 
 #[test]
@@ -158,6 +170,7 @@ fn frames_sent_on_the_device_cross_its_tc_egress() {
     l.a.run(|| tc::delete_filter(ia, Direction::Egress, 1, 1)).unwrap();
     assert_eq!(send.transmit(&f).unwrap(), Sent::Transmitted);
     assert_frames(&at_peer.drain(QUIET).unwrap(), &[f], "capture");
+    l.finish();
 }
 
 #[test]
@@ -184,6 +197,7 @@ fn same_priority_filters_run_in_dump_order() {
     // Whichever runs first decides (direct action ends classification).
     assert_eq!(passed, names[0] == "t_pass", "dump order {names:?} but frame passed={passed}");
     assert_eq!(names, ["t_pass", "t_drop"], "cls_bpf keeps the newest filter of a priority first");
+    l.finish();
 }
 
 #[test]
@@ -225,4 +239,5 @@ fn mixed_ethertypes_keep_send_order_and_taps_restore_vlan_tags() {
         let want = if i % 4 == 0 { libc::PACKET_OTHERHOST } else { libc::PACKET_HOST };
         assert_eq!(f.pkt_type, want, "pkt_type of frame #{i}");
     }
+    l.finish();
 }

@@ -67,6 +67,7 @@ fn same_priority_filters_come_back_in_the_order_they_run() {
     if !require::root("same_priority_filters_come_back_in_the_order_they_run") {
         return;
     }
+    let guard = LeftBehind::start(&["t-tcp-a", "t-tcp-b"]);
     let a = NetNs::new("t-tcp-a").unwrap();
     let b = NetNs::new("t-tcp-b").unwrap();
     let pair = create_veth_pair(&a, "t-tcp-a", &b, "t-tcp-b", None).unwrap();
@@ -83,4 +84,5 @@ fn same_priority_filters_come_back_in_the_order_they_run() {
         assert_eq!(summary(&filters), [(5, 2, Some("t_h2")), (5, 1, Some("t_h1"))]);
         assert!(filters.iter().all(|f| f.direction == Direction::Egress && f.priority == 5));
     });
+    guard.check();
 }

@@ -47,6 +47,7 @@ fn veth_ipv6_disabled_in_its_own_namespace() {
     if !require::root("veth_ipv6_disabled_in_its_own_namespace") {
         return;
     }
+    let guard = LeftBehind::start(&["t-v6-a", "t-v6-b"]);
     let a = NetNs::new("t-v6-a").unwrap();
     let b = NetNs::new("t-v6-b").unwrap();
     create_veth_pair(&a, "t-v6-a", &b, "t-v6-b", None).unwrap();
@@ -62,6 +63,7 @@ fn veth_ipv6_disabled_in_its_own_namespace() {
     let err = set_sysctl(&a, "net.ipv4.conf.nosuchdev.forwarding", "1").unwrap_err();
     assert!(err.to_string().contains("/proc/sys/net/ipv4/conf/nosuchdev/forwarding"), "{err}");
     assert!(matches!(set_sysctl(&a, "net/../../etc/x", "1"), Err(NetError::Invalid { .. })));
+    guard.check();
 }
 
 #[test]
@@ -69,6 +71,7 @@ fn duplicate_veth_name_is_a_named_error() {
     if !require::root("duplicate_veth_name_is_a_named_error") {
         return;
     }
+    let guard = LeftBehind::start(&["t-dup", "t-dup-p", "t-dup-q"]);
     let a = NetNs::new("t-dup-a").unwrap();
     let b = NetNs::new("t-dup-b").unwrap();
     create_veth_pair(&a, "t-dup", &b, "t-dup-p", None).unwrap();
@@ -77,6 +80,7 @@ fn duplicate_veth_name_is_a_named_error() {
     assert!(matches!(&err, NetError::Netlink { source, .. } if source.raw_os_error() == Some(libc::EEXIST)), "{text}");
     assert!(text.contains("create veth") && text.contains("t-dup in ns t-dup-a"), "{text}");
     assert!(matches!(create_veth_pair(&a, "way-too-long-name0", &b, "x", None), Err(NetError::Invalid { .. })));
+    guard.check();
 }
 
 #[test]
@@ -84,6 +88,7 @@ fn udp_crosses_the_pair_with_addresses_and_static_neighbours() {
     if !require::root("udp_crosses_the_pair_with_addresses_and_static_neighbours") {
         return;
     }
+    let guard = LeftBehind::start(&["t-udp-a", "t-udp-b"]);
     let a = NetNs::new("t-udp-a").unwrap();
     let b = NetNs::new("t-udp-b").unwrap();
     create_veth_pair(&a, "t-udp-a", &b, "t-udp-b", Some((MAC_A, MAC_B))).unwrap();
@@ -106,4 +111,28 @@ fn udp_crosses_the_pair_with_addresses_and_static_neighbours() {
     let (n, from) = rx.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"hello across");
     assert_eq!(from.ip(), IpAddr::V4(ip_a));
+    guard.check();
+}
+
+#[test]
+fn ipv6_address_reenables_ipv6_without_a_link_local_address() {
+    if !require::root("ipv6_address_reenables_ipv6_without_a_link_local_address") {
+        return;
+    }
+    let guard = LeftBehind::start(&["t-a6-a", "t-a6-b"]);
+    let a = NetNs::new("t-a6-a").unwrap();
+    let b = NetNs::new("t-a6-b").unwrap();
+    create_veth_pair(&a, "t-a6-a", &b, "t-a6-b", None).unwrap();
+    let ip: std::net::Ipv6Addr = "fd00:99::1".parse().unwrap();
+    add_address(&a, "t-a6-a", ip.into(), 64).unwrap();
+    assert_eq!(read_inside(&a, "/proc/sys/net/ipv6/conf/t-a6-a/disable_ipv6"), "0");
+    // NODAD: usable at once, no tentative period.
+    a.run(|| UdpSocket::bind(SocketAddr::new(ip.into(), 0))).unwrap();
+    // addr_gen_mode=1: the only IPv6 address on the device is ours.
+    let addrs = read_inside(&a, "/proc/thread-self/net/if_inet6");
+    let ours: Vec<_> = addrs.lines().filter(|l| l.ends_with("t-a6-a")).collect();
+    assert_eq!(ours.len(), 1, "{addrs}");
+    assert!(ours[0].starts_with("fd000099000000000000000000000001"), "{addrs}");
+    assert!(matches!(add_address(&a, "t-a6-a", ip.into(), 129), Err(NetError::Invalid { .. })));
+    guard.check();
 }
