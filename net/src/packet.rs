@@ -59,6 +59,8 @@ const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_8021Q: u16 = 0x8100;
 /// Receive buffer per capture socket: a whole replay burst must fit.
 const RCVBUF_BYTES: libc::c_int = 8 << 20;
+/// Ceiling on one [`Capture::drain`], should frames never stop arriving.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// Largest frame read (a veth frame never exceeds 64 KiB; GRO is off).
 const MAX_FRAME: usize = 65536;
 
@@ -268,7 +270,8 @@ impl Capture {
         Ok(Capture { socks: vec![capture_socket(ifindex, ETH_P_ALL, true)?], ifindex })
     }
 
-    /// Collect frames until none arrived for `timeout`, in arrival order.
+    /// Collect frames until none arrived for `timeout` (or [`DRAIN_LIMIT`]
+    /// passed), in arrival order.
     ///
     /// # Errors
     /// [`NetError::Packet`] when reading fails, a frame is truncated, or the
@@ -276,7 +279,8 @@ impl Capture {
     pub fn drain(&mut self, timeout: Duration) -> Result<Vec<CapturedFrame>, NetError> {
         let mut queues: Vec<Vec<CapturedFrame>> = vec![Vec::new(); self.socks.len()];
         let mut buf = vec![0u8; MAX_FRAME];
-        let mut quiet_since = Instant::now();
+        let started = Instant::now();
+        let mut quiet_since = started;
         loop {
             let mut got = false;
             for (sock, queue) in self.socks.iter().zip(queues.iter_mut()) {
@@ -288,7 +292,7 @@ impl Capture {
             if got {
                 quiet_since = Instant::now();
             }
-            let left = timeout.saturating_sub(quiet_since.elapsed());
+            let left = timeout.saturating_sub(quiet_since.elapsed()).min(DRAIN_LIMIT.saturating_sub(started.elapsed()));
             if left.is_zero() {
                 break;
             }
