@@ -30,40 +30,47 @@ pub mod kind {
     pub const HTTP_CONTINUATION: u32 = 6;
 }
 
-/// Byte offsets and sizes from tclab_types.h.
+/// Byte offsets and sizes of tclab_types.h, taken from the `#[repr(C)]`
+/// mirrors in [`crate::types`] (whose layout test checks them against the
+/// C structs), so the decoder cannot drift from the programs.
 pub mod layout {
+    use std::mem::{offset_of, size_of};
+
+    use crate::types::{ConnEvent, CtEntry, CtTuple, EventHeader, HttpEvent};
+
     /// `sizeof(struct ct_tuple)`.
-    pub const TUPLE_SIZE: usize = 40;
+    pub const TUPLE_SIZE: usize = size_of::<CtTuple>();
     /// `sizeof(struct ct_entry)`.
-    pub const ENTRY_SIZE: usize = 56;
+    pub const ENTRY_SIZE: usize = size_of::<CtEntry>();
     /// `sizeof(struct event_header)`.
-    pub const HEADER_SIZE: usize = 64;
+    pub const HEADER_SIZE: usize = size_of::<EventHeader>();
     /// `offsetof(struct event_header, tuple)`.
-    pub const HDR_TUPLE: usize = 16;
+    pub const HDR_TUPLE: usize = offset_of!(EventHeader, tuple);
     /// `offsetof(struct event_header, dir)`.
-    pub const HDR_DIR: usize = 56;
+    pub const HDR_DIR: usize = offset_of!(EventHeader, dir);
     /// `offsetof(struct http_event, payload_len)`.
-    pub const HTTP_PAYLOAD_LEN: usize = 64;
+    pub const HTTP_PAYLOAD_LEN: usize = offset_of!(HttpEvent, payload_len);
     /// `offsetof(struct http_event, captured_len)`.
-    pub const HTTP_CAPTURED_LEN: usize = 68;
+    pub const HTTP_CAPTURED_LEN: usize = offset_of!(HttpEvent, captured_len);
     /// `offsetof(struct http_event, traceparent_status)`.
-    pub const HTTP_TP_STATUS: usize = 70;
+    pub const HTTP_TP_STATUS: usize = offset_of!(HttpEvent, traceparent_status);
     /// `offsetof(struct http_event, tracestate_len)`.
-    pub const HTTP_TS_LEN: usize = 71;
+    pub const HTTP_TS_LEN: usize = offset_of!(HttpEvent, tracestate_len);
     /// `offsetof(struct http_event, traceparent)`.
-    pub const HTTP_TRACEPARENT: usize = 72;
+    pub const HTTP_TRACEPARENT: usize = offset_of!(HttpEvent, traceparent);
     /// `TCLAB_TRACEPARENT_LEN + 1`.
-    pub const TRACEPARENT_CAP: usize = 56;
+    pub const TRACEPARENT_CAP: usize = HTTP_TRACESTATE_PAD_START - HTTP_TRACEPARENT;
+    const HTTP_TRACESTATE_PAD_START: usize = offset_of!(HttpEvent, _pad);
     /// `offsetof(struct http_event, tracestate)`.
-    pub const HTTP_TRACESTATE: usize = 135;
+    pub const HTTP_TRACESTATE: usize = offset_of!(HttpEvent, tracestate);
     /// `TCLAB_TRACESTATE_MAX`.
-    pub const TRACESTATE_CAP: usize = 128;
+    pub const TRACESTATE_CAP: usize = HTTP_PAYLOAD - HTTP_TRACESTATE;
     /// `offsetof(struct http_event, payload)`.
-    pub const HTTP_PAYLOAD: usize = 263;
+    pub const HTTP_PAYLOAD: usize = offset_of!(HttpEvent, payload);
     /// `TCLAB_PAYLOAD_CAPTURE`.
-    pub const PAYLOAD_CAP: usize = 256;
+    pub const PAYLOAD_CAP: usize = size_of::<HttpEvent>() - HTTP_PAYLOAD;
     /// `offsetof(struct conn_event, entry)`.
-    pub const CONN_ENTRY: usize = 64;
+    pub const CONN_ENTRY: usize = offset_of!(ConnEvent, entry);
 }
 
 /// A decoding failure: which record, and what was wrong.
