@@ -3,7 +3,12 @@
 pub mod frame;
 pub mod snapshot;
 pub mod rewrite;
+pub mod kernels;
+pub mod doctor;
+pub mod interrupt;
 pub mod scenario;
 pub mod pcap;
 pub mod fixtures;
-pub mod kernels;
+pub mod vm;
+pub mod guest;
+pub mod runner;

@@ -1,1 +1,224 @@
-fn main() {}
+//! `tclab`: the conformance lab's command line.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use tclab_lab::runner::{self, KernelContext, RunOptions, ScenarioOutcome, Status};
+use tclab_lab::snapshot::{self, PendingWrites, ReviewDecision, SnapshotStore};
+use tclab_lab::{doctor, scenario};
+
+/// Exit code when the lab itself could not run (as opposed to a failed scenario).
+const EXIT_INFRA: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "tclab", version, about = "Prove that TC programs behave the same on every kernel, attach mode and lockdown mode")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenario files on the host kernel (inside throwaway network namespaces).
+    Run(RunArgs),
+    /// Accept or reject pending snapshots (`.snap.new`) left by failed runs.
+    Review {
+        /// Snapshot folder.
+        #[arg(long, default_value = "scenarios/snapshots")]
+        snapshots: PathBuf,
+        /// Accept every pending snapshot without asking.
+        #[arg(long, conflicts_with = "reject")]
+        accept: bool,
+        /// Reject every pending snapshot without asking.
+        #[arg(long)]
+        reject: bool,
+    },
+    /// Check scenario files without running them.
+    Check {
+        /// Scenario files or folders.
+        #[arg(default_value = "scenarios")]
+        paths: Vec<PathBuf>,
+    },
+    /// Regenerate the deterministic fixtures (pcaps made with etherparse).
+    Fixtures {
+        #[arg(long, default_value = "fixtures")]
+        dir: PathBuf,
+    },
+    /// List what this machine lacks, with the command that installs it.
+    Doctor {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Scenario files or folders.
+    #[arg(default_value = "scenarios")]
+    paths: Vec<PathBuf>,
+    /// Only scenarios whose name or tags contain this.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Snapshot folder.
+    #[arg(long, default_value = "scenarios/snapshots")]
+    snapshots: PathBuf,
+    /// Write results.json and output pcaps here.
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// After the run, review the pending snapshots it left.
+    #[arg(long)]
+    review: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("TCLAB_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_INFRA)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => run(args),
+        Command::Review { snapshots, accept, reject } => review(&snapshots, accept, reject),
+        Command::Check { paths } => check(&paths),
+        Command::Fixtures { dir } => {
+            let written = tclab_lab::fixtures::generate_all(&dir)
+                .with_context(|| format!("failed to generate fixtures in {}", dir.display()))?;
+            for path in &written {
+                println!("{}", path.display());
+            }
+            println!("{} fixture(s) written", written.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { output } => {
+            let checks = doctor::checks();
+            match output {
+                Output::Table => print!("{}", doctor::render(&checks)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Load every scenario under `paths`, reporting every error (not just the first).
+fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<scenario::Scenario>> {
+    let mut scenarios = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            match scenario::load_dir(path) {
+                Ok(mut s) => scenarios.append(&mut s),
+                Err(mut e) => errors.append(&mut e),
+            }
+        } else {
+            match scenario::load_scenario(path) {
+                Ok(s) => scenarios.push(s),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        bail!("{} scenario error(s):\n{}", errors.len(), text.join("\n"));
+    }
+    Ok(scenarios)
+}
+
+fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let scenarios = load(paths)?;
+    println!("{} scenario(s) valid", scenarios.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("tclab run needs root (CAP_BPF, CAP_NET_ADMIN): sudo -E cargo run --bin tclab -- run");
+    }
+    let mut scenarios = load(&args.paths)?;
+    if let Some(f) = &args.filter {
+        scenarios.retain(|s| s.name.contains(f.as_str()) || s.tags.iter().any(|t| t.contains(f.as_str())));
+    }
+    let _signals = tclab_lab::interrupt::install().context("failed to install the SIGINT/SIGTERM handler")?;
+    let opts = RunOptions {
+        kernel: KernelContext::probe_running("host"),
+        snapshots: SnapshotStore::new(&args.snapshots),
+        writes: PendingWrites::from_env(),
+        results_dir: args.results.clone(),
+    };
+    let live = std::io::stderr().is_terminal();
+    let outcomes = runner::run_all(&scenarios, &opts, |o| progress_line(o, live));
+    print!("{}", runner::summary_table(&outcomes));
+    for o in outcomes.iter().filter(|o| o.failed()) {
+        if let Some(diff) = &o.diff {
+            println!("\n{} ({}):\n{diff}", o.scenario, o.file.display());
+        }
+    }
+    if let Some(dir) = &args.results {
+        write_results(dir, &outcomes)?;
+    }
+    if args.review {
+        review(&args.snapshots, false, false)?;
+    }
+    let failed = outcomes.iter().any(ScenarioOutcome::failed);
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn progress_line(o: &ScenarioOutcome, live: bool) {
+    if !live {
+        return;
+    }
+    let status = match &o.status {
+        Status::Passed => "pass",
+        Status::Failed(_) => "FAIL",
+        Status::Skipped(_) => "skip",
+    };
+    eprintln!("{status} {} ({} ms)", o.scenario, o.duration_ms);
+}
+
+fn write_results(dir: &Path, outcomes: &[ScenarioOutcome]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let path = dir.join("results.json");
+    let doc = serde_json::json!({ "schema": 1, "scenarios": outcomes });
+    let text = serde_json::to_string_pretty(&doc)?;
+    std::fs::write(&path, text).with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(())
+}
+
+fn review(snapshots: &Path, accept: bool, reject: bool) -> anyhow::Result<ExitCode> {
+    let store = SnapshotStore::new(snapshots);
+    let mut stdout = std::io::stdout();
+    let summary = if accept || reject {
+        let decision = if accept { ReviewDecision::Accept } else { ReviewDecision::Reject };
+        store.review(&mut stdout, |_| Ok(decision))?
+    } else {
+        if !std::io::stdin().is_terminal() {
+            bail!("tclab review asks on a terminal; use --accept or --reject otherwise");
+        }
+        let stdin = std::io::stdin();
+        store.review(&mut std::io::stdout(), |_| {
+            snapshot::ask_terminal(&mut stdin.lock(), &mut std::io::stderr())
+        })?
+    };
+    println!("{} accepted, {} rejected, {} skipped", summary.accepted, summary.rejected, summary.skipped);
+    Ok(ExitCode::SUCCESS)
+}

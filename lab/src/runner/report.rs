@@ -63,6 +63,8 @@ pub struct ScenarioResult {
     pub ct_states: Vec<(String, String)>,
     pub counters: BTreeMap<String, u64>,
     pub events_lost: u64,
+    /// The agent's own non-zero counters (packets, CT verdicts, HTTP, traceparent).
+    pub agent_counters: BTreeMap<String, u64>,
     /// What left the far side: after the device's ingress (into its stack) or
     /// after its egress (at the peer).
     pub output: Vec<String>,
@@ -82,6 +84,7 @@ impl ScenarioResult {
             ct_states: Vec::new(),
             counters: BTreeMap::new(),
             events_lost: 0,
+            agent_counters: BTreeMap::new(),
             output: Vec::new(),
             checks: Vec::new(),
         }
@@ -114,6 +117,7 @@ impl ScenarioResult {
         section(&mut s, "spans", self.spans.iter().cloned());
         section(&mut s, "ct", self.ct.iter().cloned());
         section(&mut s, "counters", self.counters.iter().map(|(k, v)| format!("{k}: {v}")));
+        section(&mut s, "agent_counters", self.agent_counters.iter().map(|(k, v)| format!("{k}: {v}")));
         let _ = writeln!(s, "events_lost: {}", self.events_lost);
         s
     }
