@@ -324,6 +324,7 @@ fn check_netlink_clashes(cx: &mut Ctx, raw: &[RawChainEntry], chain: &[ChainEntr
         let Attach::Netlink { priority, handle } = e.attach else {
             continue;
         };
+        // One error per entry, even when it clashes on both hooks.
         for hook in e.direction.hooks() {
             if let Some(first) = seen.insert((priority, handle, *hook), &e.name) {
                 let span = raw
@@ -335,6 +336,7 @@ fn check_netlink_clashes(cx: &mut Ctx, raw: &[RawChainEntry], chain: &[ChainEntr
                     "`{}` and `{first}` are both netlink priority {priority} handle {handle} on {hook:?}: the kernel refuses the second (EEXIST); expected a different priority or handle",
                     e.name
                 ).to_lowercase_dir());
+                break;
             }
         }
     }
