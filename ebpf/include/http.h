@@ -72,14 +72,24 @@ static __always_inline int http_classify(const __u8 *head)
 	return HTTP_NONE;
 }
 
-static __always_inline void __http_line_start(struct http_scan *sc, __u32 pos)
-{
-	__u32 n = sc->nlines;
+/* Scan state lives in map memory, read and written through volatile
+ * accesses: otherwise clang keeps it in registers across the loops, and
+ * registers that differ per iteration stop the verifier from pruning (the
+ * code after the loop would be verified once per exit). */
+#define SCAN_GET(field) (*(volatile __u32 *)&(field))
+#define SCAN_SET(field, v) (*(volatile __u32 *)&(field) = (v))
 
-	if (n < TCLAB_HTTP_MAX_LINES) {
-		sc->lines[n & (TCLAB_HTTP_MAX_LINES - 1)] = pos;
-		sc->nlines = n + 1;
-	}
+/* If buf[pos - 1] is LF, record pos as a line start. Branch-free: the
+ * store always happens (to the next free slot, or to the sink slots past
+ * TCLAB_HTTP_MAX_LINES once full) and only the count moves. */
+static __always_inline void __http_line_start(struct tclab_scratch *s, __u32 pos)
+{
+	struct http_scan *sc = &s->scan;
+	__u32 n = SCAN_GET(sc->nlines);
+	__u64 nl = bf_eq8(s->buf[(pos - 1) & TCLAB_POS_MASK], '\n');
+
+	SCAN_SET(sc->lines[n & (2 * TCLAB_HTTP_MAX_LINES - 1)], pos);
+	SCAN_SET(sc->nlines, n + (nl & (((__u64)n - TCLAB_HTTP_MAX_LINES) >> 63)));
 }
 
 /* Record the position after every LF in the first TCLAB_HTTP_SCAN bytes,
@@ -88,8 +98,7 @@ static __always_inline void __http_line_start(struct http_scan *sc, __u32 pos)
  * verifier. */
 static __always_inline void http_scan_lines(struct tclab_scratch *s)
 {
-	struct http_scan *sc = &s->scan;
-	__u32 limit = sc->copied + 1;
+	__u32 limit = SCAN_GET(s->scan.copied) + 1;
 	__u32 w;
 
 #pragma clang loop unroll(disable)
@@ -106,8 +115,7 @@ static __always_inline void http_scan_lines(struct tclab_scratch *s)
 			continue;
 #pragma unroll
 		for (b = 0; b < 8; b++)
-			if (s->buf[base + b] == '\n')
-				__http_line_start(sc, base + b + 1);
+			__http_line_start(s, base + b + 1);
 	}
 }
 
@@ -124,23 +132,23 @@ static __always_inline void http_scan_headers(struct tclab_scratch *s)
 		__u64 w8, w4;
 		const __u8 *l;
 
-		if (j >= sc->nlines)
+		if (j >= SCAN_GET(sc->nlines))
 			break;
-		p = sc->lines[j] & TCLAB_POS_MASK;
+		p = SCAN_GET(sc->lines[j]) & TCLAB_POS_MASK;
 		l = s->buf + p;
 		if (l[0] == '\n' || (l[0] == '\r' && l[1] == '\n')) {
-			sc->hdr_end = p;
+			SCAN_SET(sc->hdr_end, p);
 			break;
 		}
 		w8 = *(const __u64 *)l | 0x2020202020202020ULL;
 		w4 = *(const __u32 *)(l + 8) | 0x00202020;
-		if (!sc->tp_pos && w8 == LE8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
+		if (!SCAN_GET(sc->tp_pos) && w8 == LE8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
 		    w4 == LE4('e', 'n', 't', ':'))
-			sc->tp_pos = p;
+			SCAN_SET(sc->tp_pos, p);
 		w4 = *(const __u32 *)(l + 7) | 0x00202020;
-		if (!sc->ts_pos && w8 == LE8('t', 'r', 'a', 'c', 'e', 's', 't', 'a') &&
+		if (!SCAN_GET(sc->ts_pos) && w8 == LE8('t', 'r', 'a', 'c', 'e', 's', 't', 'a') &&
 		    w4 == LE4('a', 't', 'e', ':'))
-			sc->ts_pos = p;
+			SCAN_SET(sc->ts_pos, p);
 	}
 }
 
@@ -171,56 +179,49 @@ static __always_inline void http_trace_headers(struct tclab_scratch *s)
 
 	http_scan_lines(s);
 	http_scan_headers(s);
-	if (sc->tp_pos) {
-		ev->traceparent_status = tp_validate(s, sc->tp_pos, ev->traceparent);
-		counter_inc(ev->traceparent_status == TP_VALID ? CNT_TRACEPARENT_VALID
-							       : CNT_TRACEPARENT_INVALID);
-	}
-	if (sc->ts_pos)
-		ev->tracestate_len = ts_copy(s, sc->ts_pos, ev->tracestate);
+	if (SCAN_GET(sc->tp_pos))
+		ev->traceparent_status = tp_validate(s, SCAN_GET(sc->tp_pos), ev->traceparent);
+	if (SCAN_GET(sc->ts_pos))
+		ev->tracestate_len = ts_copy(s, SCAN_GET(sc->ts_pos), ev->tracestate);
 }
 
-/* Set or clear CT_F_HTTP_PENDING after scanning a request segment. */
-static __always_inline void http_update_pending(struct ct_entry *e, const struct tclab_scratch *s)
-{
-	if (!e)
-		return;
-	if (!s->scan.hdr_end && s->http.traceparent_status == TP_MISSING)
-		e->flags |= CT_F_HTTP_PENDING;
-	else
-		e->flags &= ~CT_F_HTTP_PENDING;
-}
-
-static __always_inline void http_process(struct __sk_buff *skb, struct tclab_scratch *s, __u8 dir)
+/* Classify the segment: request, response, continuation of a pending
+ * request, or nothing to do. The result is kept in map memory
+ * (scan.kind): a register holding it would split the verifier's states
+ * for the scan loops. */
+static __always_inline int http_kind_of(struct __sk_buff *skb, struct tclab_scratch *s)
 {
 	struct pkt_info *pkt = &s->pkt;
 	struct http_scan *sc = &s->scan;
-	struct http_event *ev = &s->http;
 	struct ct_entry *e;
-	__u32 n;
+	__u32 n = pkt->payload_len < 16 ? pkt->payload_len : 16;
 	int kind;
 
-	n = pkt->payload_len < 16 ? pkt->payload_len : 16;
 	__builtin_memset(sc, 0, sizeof(*sc));
 	if (n == 0 || bpf_skb_load_bytes(skb, pkt->payload_off, sc->head, n & 31))
-		return;
+		return HTTP_NONE;
 	kind = http_classify(sc->head);
-	e = ct_entry_of(s);
 	if (kind == HTTP_NONE) {
-		if (!e || !(e->flags & CT_F_HTTP_PENDING))
-			return;
-		kind = HTTP_CONTINUATION;
+		e = ct_entry_of(s);
+		if (e && (e->flags & CT_F_HTTP_PENDING))
+			kind = HTTP_CONTINUATION;
 	}
-	n = http_copy(skb, s, kind);
-	if (!n)
-		return;
-	sc->copied = n;
+	SCAN_SET(sc->kind, kind);
+	return kind;
+}
 
-	event_header_fill(&ev->hdr, skb, pkt, kind == HTTP_REQUEST    ? EV_HTTP_REQUEST
-					      : kind == HTTP_RESPONSE ? EV_HTTP_RESPONSE
-								      : EV_HTTP_CONTINUATION,
+/* Start the event: header, sizes, captured payload; trace fields empty. */
+static __always_inline void http_event_start(struct __sk_buff *skb, struct tclab_scratch *s, __u8 dir)
+{
+	struct http_event *ev = &s->http;
+	__u32 kind = SCAN_GET(s->scan.kind);
+	__u32 n = SCAN_GET(s->scan.copied);
+
+	event_header_fill(&ev->hdr, skb, &s->pkt, kind == HTTP_REQUEST    ? EV_HTTP_REQUEST
+						  : kind == HTTP_RESPONSE ? EV_HTTP_RESPONSE
+									  : EV_HTTP_CONTINUATION,
 			  dir);
-	ev->payload_len = pkt->payload_len;
+	ev->payload_len = s->pkt.payload_len;
 	ev->captured_len = n < TCLAB_PAYLOAD_CAPTURE ? n : TCLAB_PAYLOAD_CAPTURE;
 	ev->traceparent_status = TP_MISSING;
 	ev->tracestate_len = 0;
@@ -228,17 +229,48 @@ static __always_inline void http_process(struct __sk_buff *skb, struct tclab_scr
 	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
 	__builtin_memset(ev->tracestate, 0, sizeof(ev->tracestate));
 	__builtin_memcpy(ev->payload, s->buf + 1, TCLAB_PAYLOAD_CAPTURE);
+}
+
+/* Counters and the CT_F_HTTP_PENDING flag after the scan: a request
+ * segment without header end and without traceparent sets it; a segment
+ * that reaches the header end or has a traceparent clears it. */
+static __always_inline void http_finish(struct tclab_scratch *s)
+{
+	__u32 kind = SCAN_GET(s->scan.kind);
+	__u8 tp = s->http.traceparent_status;
+	int done = SCAN_GET(s->scan.hdr_end) || tp != TP_MISSING;
+	struct ct_entry *e;
 
 	if (kind == HTTP_RESPONSE) {
 		counter_inc(CNT_HTTP_RESPONSES);
-	} else {
-		if (kind == HTTP_REQUEST)
-			counter_inc(CNT_HTTP_REQUESTS);
-		http_trace_headers(s);
-		if (kind == HTTP_REQUEST)
-			http_update_pending(e, s);
-		else if (e && (sc->hdr_end || ev->traceparent_status != TP_MISSING))
-			e->flags &= ~CT_F_HTTP_PENDING;
+		return;
 	}
+	if (kind == HTTP_REQUEST)
+		counter_inc(CNT_HTTP_REQUESTS);
+	if (tp != TP_MISSING)
+		counter_inc(tp == TP_VALID ? CNT_TRACEPARENT_VALID : CNT_TRACEPARENT_INVALID);
+	e = ct_entry_of(s);
+	if (!e)
+		return;
+	if (done)
+		e->flags &= ~CT_F_HTTP_PENDING;
+	else if (kind == HTTP_REQUEST)
+		e->flags |= CT_F_HTTP_PENDING;
+}
+
+static __always_inline void http_process(struct __sk_buff *skb, struct tclab_scratch *s, __u8 dir)
+{
+	__u32 n;
+
+	if (http_kind_of(skb, s) == HTTP_NONE)
+		return;
+	n = http_copy(skb, s, SCAN_GET(s->scan.kind));
+	if (!n)
+		return;
+	SCAN_SET(s->scan.copied, n);
+	http_event_start(skb, s, dir);
+	if (SCAN_GET(s->scan.kind) != HTTP_RESPONSE)
+		http_trace_headers(s);
+	http_finish(s);
 	event_http(skb, s);
 }

@@ -49,13 +49,13 @@ struct pkt_info {
  * (buf[0] is the virtual line start, payload starts at buf[1]). 0 = not
  * found: position 0 can never hold a header name. */
 struct http_scan {
+	__u32 kind;              /* enum http_kind */
 	__u32 copied;            /* payload bytes in buf[1..] */
 	__u32 nlines;
 	__u32 hdr_end;
 	__u32 tp_pos;
 	__u32 ts_pos;
-	__u32 _pad;
-	__u32 lines[TCLAB_HTTP_MAX_LINES];
+	__u32 lines[2 * TCLAB_HTTP_MAX_LINES]; /* second half: sink, see http.h */
 	__u8 head[16];           /* first payload bytes, zero-padded */
 };
 
