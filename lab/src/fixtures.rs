@@ -10,7 +10,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etherparse::{IpHeaders, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, PacketBuilderStep, TcpOptionElement, VlanId};
+use etherparse::{
+    IpHeaders, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, PacketBuilderStep,
+    TcpOptionElement, VlanId,
+};
 
 use crate::pcap::Packet;
 
@@ -19,7 +22,10 @@ mod catalog;
 #[derive(Debug, thiserror::Error)]
 pub enum FixtureError {
     #[error("failed to create fixture folder {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("failed to write fixture: {0}")]
     Write(#[from] crate::pcap::PcapError),
     #[error("failed to build a packet of fixture {name}: {detail}")]
@@ -55,10 +61,16 @@ pub fn all() -> Vec<Fixture> {
 
 /// Writes every generated fixture into `dir`; returns the paths written.
 pub fn generate_all(dir: &Path) -> Result<Vec<PathBuf>, FixtureError> {
-    std::fs::create_dir_all(dir).map_err(|source| FixtureError::Dir { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| FixtureError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut written = Vec::new();
     for f in all() {
-        let packets = (f.build)().map_err(|detail| FixtureError::Build { name: f.file, detail })?;
+        let packets = (f.build)().map_err(|detail| FixtureError::Build {
+            name: f.file,
+            detail,
+        })?;
         let path = dir.join(f.file);
         crate::pcap::write_file(&path, &packets)?;
         written.push(path);
@@ -67,7 +79,11 @@ pub fn generate_all(dir: &Path) -> Result<Vec<PathBuf>, FixtureError> {
 }
 
 impl Fixture {
-    pub(crate) const fn new(file: &'static str, about: &'static str, build: fn() -> Result<Vec<Packet>, String>) -> Self {
+    pub(crate) const fn new(
+        file: &'static str,
+        about: &'static str,
+        build: fn() -> Result<Vec<Packet>, String>,
+    ) -> Self {
         Fixture { file, about, build }
     }
 
@@ -88,7 +104,13 @@ impl Capture {
         let n = self.packets.len();
         let ts = EPOCH + STEP * u32::try_from(n).unwrap_or(u32::MAX);
         let orig_len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        self.packets.push(Packet { index: n + 1, ts, data, orig_len, truncated: false });
+        self.packets.push(Packet {
+            index: n + 1,
+            ts,
+            data,
+            orig_len,
+            truncated: false,
+        });
     }
 
     pub fn extend(&mut self, frames: Vec<Vec<u8>>) {
@@ -115,18 +137,33 @@ const WINDOW: u16 = 64240;
 
 impl Tcp {
     pub fn v4(client_port: u16, server_port: u16) -> Tcp {
-        Tcp::new((IpAddr::from(CLIENT_V4), client_port), (IpAddr::from(SERVER_V4), server_port))
+        Tcp::new(
+            (IpAddr::from(CLIENT_V4), client_port),
+            (IpAddr::from(SERVER_V4), server_port),
+        )
     }
 
     pub fn v6(client_port: u16, server_port: u16) -> Tcp {
-        Tcp::new((IpAddr::from(CLIENT_V6), client_port), (IpAddr::from(SERVER_V6), server_port))
+        Tcp::new(
+            (IpAddr::from(CLIENT_V6), client_port),
+            (IpAddr::from(SERVER_V6), server_port),
+        )
     }
 
     fn new(client: (IpAddr, u16), server: (IpAddr, u16)) -> Tcp {
         // Initial sequence numbers derived from the ports: fixed, yet distinct per connection.
         let c_seq = 1_000_000u32.wrapping_mul(u32::from(client.1));
-        let s_seq = 3_000_000u32.wrapping_mul(u32::from(client.1)).wrapping_add(7);
-        Tcp { client, server, vlan: None, c_seq, s_seq, frames: Vec::new() }
+        let s_seq = 3_000_000u32
+            .wrapping_mul(u32::from(client.1))
+            .wrapping_add(7);
+        Tcp {
+            client,
+            server,
+            vlan: None,
+            c_seq,
+            s_seq,
+            frames: Vec::new(),
+        }
     }
 
     pub fn with_vlan(mut self, id: u16) -> Tcp {
@@ -135,18 +172,37 @@ impl Tcp {
     }
 
     fn step(&self, from_client: bool) -> Result<PacketBuilderStep<IpHeaders>, String> {
-        let (src, dst) = if from_client { (self.client.0, self.server.0) } else { (self.server.0, self.client.0) };
-        let (smac, dmac) = if from_client { (CLIENT_MAC, SERVER_MAC) } else { (SERVER_MAC, CLIENT_MAC) };
+        let (src, dst) = if from_client {
+            (self.client.0, self.server.0)
+        } else {
+            (self.server.0, self.client.0)
+        };
+        let (smac, dmac) = if from_client {
+            (CLIENT_MAC, SERVER_MAC)
+        } else {
+            (SERVER_MAC, CLIENT_MAC)
+        };
         l3(smac, dmac, self.vlan, src, dst, IpNumber::TCP)
     }
 
     /// One segment; `flags` is a subset of "SAFRP" (SYN ACK FIN RST PSH).
     fn segment(&mut self, from_client: bool, flags: &str, payload: &[u8]) -> Result<(), String> {
-        let (sport, dport) = if from_client { (self.client.1, self.server.1) } else { (self.server.1, self.client.1) };
-        let (seq, ack) = if from_client { (self.c_seq, self.s_seq) } else { (self.s_seq, self.c_seq) };
+        let (sport, dport) = if from_client {
+            (self.client.1, self.server.1)
+        } else {
+            (self.server.1, self.client.1)
+        };
+        let (seq, ack) = if from_client {
+            (self.c_seq, self.s_seq)
+        } else {
+            (self.s_seq, self.c_seq)
+        };
         let mut b = self.step(from_client)?.tcp(sport, dport, seq, WINDOW);
         if flags.contains('S') {
-            b = b.syn().options(&[TcpOptionElement::MaximumSegmentSize(1460)]).map_err(|e| e.to_string())?;
+            b = b
+                .syn()
+                .options(&[TcpOptionElement::MaximumSegmentSize(1460)])
+                .map_err(|e| e.to_string())?;
         }
         if flags.contains('A') {
             b = b.ack(ack);
@@ -164,8 +220,13 @@ impl Tcp {
         b.write(&mut out, payload).map_err(|e| e.to_string())?;
         self.frames.push(out);
         // SYN and FIN each take one sequence number.
-        let used = u32::try_from(payload.len()).unwrap_or(0) + u32::from(flags.contains('S') || flags.contains('F'));
-        let seq = if from_client { &mut self.c_seq } else { &mut self.s_seq };
+        let used = u32::try_from(payload.len()).unwrap_or(0)
+            + u32::from(flags.contains('S') || flags.contains('F'));
+        let seq = if from_client {
+            &mut self.c_seq
+        } else {
+            &mut self.s_seq
+        };
         *seq = seq.wrapping_add(used);
         Ok(())
     }
@@ -226,26 +287,37 @@ pub(crate) fn l3(
 ) -> Result<PacketBuilderStep<IpHeaders>, String> {
     let ip = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut h = Ipv4Header::new(0, 64, proto, s.octets(), d.octets()).map_err(|e| e.to_string())?;
+            let mut h =
+                Ipv4Header::new(0, 64, proto, s.octets(), d.octets()).map_err(|e| e.to_string())?;
             h.dont_fragment = true;
             IpHeaders::Ipv4(h, Default::default())
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => IpHeaders::Ipv6(
-            Ipv6Header { hop_limit: 64, source: s.octets(), destination: d.octets(), next_header: proto, ..Default::default() },
+            Ipv6Header {
+                hop_limit: 64,
+                source: s.octets(),
+                destination: d.octets(),
+                next_header: proto,
+                ..Default::default()
+            },
             Default::default(),
         ),
         _ => return Err("mixed IP versions".to_string()),
     };
     let eth = PacketBuilder::ethernet2(smac, dmac);
     Ok(match vlan {
-        Some(id) => eth.single_vlan(VlanId::try_new(id).map_err(|e| e.to_string())?).ip(ip),
+        Some(id) => eth
+            .single_vlan(VlanId::try_new(id).map_err(|e| e.to_string())?)
+            .ip(ip),
         None => eth.ip(ip),
     })
 }
 
 /// A GET request with optional extra header lines (each without CRLF).
 pub(crate) fn get(path: &str, extra: &[&str]) -> Vec<u8> {
-    let mut r = format!("GET {path} HTTP/1.1\r\nHost: 10.0.0.2\r\nUser-Agent: tclab-fixtures/1\r\nAccept: */*\r\n");
+    let mut r = format!(
+        "GET {path} HTTP/1.1\r\nHost: 10.0.0.2\r\nUser-Agent: tclab-fixtures/1\r\nAccept: */*\r\n"
+    );
     for h in extra {
         r.push_str(h);
         r.push_str("\r\n");

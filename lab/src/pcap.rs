@@ -32,10 +32,18 @@ pub struct Packet {
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
     #[error("failed to read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("failed to write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not a pcap or pcapng file (starts with {magic}), expected a capture from tcpdump or Wireshark")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: not a pcap or pcapng file (starts with {magic}), expected a capture from tcpdump or Wireshark"
+    )]
     NotPcap { path: PathBuf, magic: String },
     #[error("{path}: corrupt {what} header: {detail}")]
     CorruptHeader {
@@ -82,7 +90,9 @@ pub fn read_file(path: &Path) -> Result<Vec<Packet>, PcapError> {
 
 /// Reads a capture from memory; `path` only names it in errors.
 pub fn read_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<Packet>, PcapError> {
-    let magic = bytes.get(..4).map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
+    let magic = bytes
+        .get(..4)
+        .map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
     match magic {
         Some(0xa1b2_c3d4 | 0xa1b2_3c4d | 0xa1b2_cd34 | 0xd4c3_b2a1 | 0x4d3c_b2a1 | 0x34cd_b2a1) => {
             read_legacy(path, bytes)
@@ -129,15 +139,16 @@ fn raw_detail(e: &nom::Err<RawError<&[u8]>>) -> String {
 }
 
 fn read_legacy(path: &Path, bytes: &[u8]) -> Result<Vec<Packet>, PcapError> {
-    let (mut rest, header) = pcap_parser::parse_pcap_header(bytes).map_err(|e| PcapError::CorruptHeader {
-        path: path.to_path_buf(),
-        what: "pcap file",
-        detail: if bytes.len() < 24 {
-            format!("{} bytes, expected at least 24", bytes.len())
-        } else {
-            raw_detail(&e)
-        },
-    })?;
+    let (mut rest, header) =
+        pcap_parser::parse_pcap_header(bytes).map_err(|e| PcapError::CorruptHeader {
+            path: path.to_path_buf(),
+            what: "pcap file",
+            detail: if bytes.len() < 24 {
+                format!("{} bytes, expected at least 24", bytes.len())
+            } else {
+                raw_detail(&e)
+            },
+        })?;
     let nanos = header.is_nanosecond_precision();
     let mut packets = Vec::new();
     while !rest.is_empty() {
@@ -254,7 +265,12 @@ fn read_pcapng(path: &Path, bytes: &[u8]) -> Result<Vec<Packet>, PcapError> {
     Ok(packets)
 }
 
-fn interface<'a>(path: &Path, index: usize, ifaces: &'a [Interface], id: usize) -> Result<&'a Interface, PcapError> {
+fn interface<'a>(
+    path: &Path,
+    index: usize,
+    ifaces: &'a [Interface],
+    id: usize,
+) -> Result<&'a Interface, PcapError> {
     ifaces.get(id).ok_or_else(|| PcapError::Corrupt {
         path: path.to_path_buf(),
         packet: index,
@@ -265,7 +281,12 @@ fn interface<'a>(path: &Path, index: usize, ifaces: &'a [Interface], id: usize) 
     })
 }
 
-fn ng_timestamp(path: &Path, index: usize, iface: &Interface, units: u64) -> Result<Duration, PcapError> {
+fn ng_timestamp(
+    path: &Path,
+    index: usize,
+    iface: &Interface,
+    units: u64,
+) -> Result<Duration, PcapError> {
     if iface.units_per_sec == 0 {
         return Err(PcapError::Corrupt {
             path: path.to_path_buf(),
@@ -346,7 +367,11 @@ fn raw_ip(data: &[u8], forced: Option<u16>) -> Result<Vec<u8>, String> {
         (Some(t), _) => t,
         (None, Some(4)) => ETHERTYPE_IPV4,
         (None, Some(6)) => ETHERTYPE_IPV6,
-        (None, v) => return Err(format!("raw IP packet with IP version {v:?}, expected 4 or 6")),
+        (None, v) => {
+            return Err(format!(
+                "raw IP packet with IP version {v:?}, expected 4 or 6"
+            ));
+        }
     };
     Ok(ethernet([0; 6], [0; 6], ethertype, data))
 }
@@ -354,7 +379,10 @@ fn raw_ip(data: &[u8], forced: Option<u16>) -> Result<Vec<u8>, String> {
 /// Linux cooked v1: type(2) arphrd(2) addr_len(2) addr(8) protocol(2).
 fn sll(data: &[u8]) -> Result<Vec<u8>, String> {
     if data.len() < 16 {
-        return Err(format!("{} bytes is shorter than a Linux SLL header (16)", data.len()));
+        return Err(format!(
+            "{} bytes is shorter than a Linux SLL header (16)",
+            data.len()
+        ));
     }
     let addr_len = u16::from_be_bytes([data[4], data[5]]);
     let proto = u16::from_be_bytes([data[14], data[15]]);
@@ -364,7 +392,10 @@ fn sll(data: &[u8]) -> Result<Vec<u8>, String> {
 /// Linux cooked v2: protocol(2) reserved(2) ifindex(4) arphrd(2) type(1) addr_len(1) addr(8).
 fn sll2(data: &[u8]) -> Result<Vec<u8>, String> {
     if data.len() < 20 {
-        return Err(format!("{} bytes is shorter than a Linux SLL2 header (20)", data.len()));
+        return Err(format!(
+            "{} bytes is shorter than a Linux SLL2 header (20)",
+            data.len()
+        ));
     }
     let proto = u16::from_be_bytes([data[0], data[1]]);
     cooked(&data[12..20], data[11].into(), proto, &data[20..])
@@ -410,8 +441,10 @@ impl<W: Write> PcapWriter<W> {
 
     /// Appends one frame; `orig_len` is its length on the wire (≥ `data.len()`).
     pub fn write(&mut self, ts: Duration, data: &[u8], orig_len: u32) -> std::io::Result<()> {
-        let caplen = u32::try_from(data.len()).map_err(|_| std::io::Error::other("packet larger than 4 GiB"))?;
-        let secs = u32::try_from(ts.as_secs()).map_err(|_| std::io::Error::other("timestamp past 2106"))?;
+        let caplen = u32::try_from(data.len())
+            .map_err(|_| std::io::Error::other("packet larger than 4 GiB"))?;
+        let secs = u32::try_from(ts.as_secs())
+            .map_err(|_| std::io::Error::other("timestamp past 2106"))?;
         let mut r = Vec::with_capacity(16 + data.len());
         r.extend_from_slice(&secs.to_le_bytes());
         r.extend_from_slice(&ts.subsec_micros().to_le_bytes());

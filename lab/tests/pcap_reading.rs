@@ -55,17 +55,43 @@ fn classic(linktype: u32, records: &[&[u8]]) -> Vec<u8> {
 fn writer_output_reads_back_identically() {
     let frames = [udp_frame(b"one"), udp_frame(b"two")];
     let mut w = PcapWriter::new(Vec::new()).unwrap();
-    w.write(Duration::new(1_700_000_000, 123_456_000), &frames[0], frames[0].len() as u32).unwrap();
-    w.write(Duration::new(1_700_000_001, 999_000), &frames[1], 1500).unwrap();
+    w.write(
+        Duration::new(1_700_000_000, 123_456_000),
+        &frames[0],
+        frames[0].len() as u32,
+    )
+    .unwrap();
+    w.write(Duration::new(1_700_000_001, 999_000), &frames[1], 1500)
+        .unwrap();
     let bytes = w.into_inner();
-    assert_eq!(&bytes[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "classic LE microsecond magic");
-    assert_eq!(u32::from_le_bytes(bytes[20..24].try_into().unwrap()), 1, "LINKTYPE_ETHERNET");
+    assert_eq!(
+        &bytes[..4],
+        &[0xd4, 0xc3, 0xb2, 0xa1],
+        "classic LE microsecond magic"
+    );
+    assert_eq!(
+        u32::from_le_bytes(bytes[20..24].try_into().unwrap()),
+        1,
+        "LINKTYPE_ETHERNET"
+    );
     let got = pcap::read_bytes(&path(), &bytes).unwrap();
     assert_eq!(
         got,
         [
-            Packet { index: 1, ts: Duration::new(1_700_000_000, 123_456_000), data: frames[0].clone(), orig_len: frames[0].len() as u32, truncated: false },
-            Packet { index: 2, ts: Duration::new(1_700_000_001, 999_000), data: frames[1].clone(), orig_len: 1500, truncated: true },
+            Packet {
+                index: 1,
+                ts: Duration::new(1_700_000_000, 123_456_000),
+                data: frames[0].clone(),
+                orig_len: frames[0].len() as u32,
+                truncated: false
+            },
+            Packet {
+                index: 2,
+                ts: Duration::new(1_700_000_001, 999_000),
+                data: frames[1].clone(),
+                orig_len: 1500,
+                truncated: true
+            },
         ]
     );
 }
@@ -75,7 +101,13 @@ fn write_file_and_read_file_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("out.pcap");
     let frame = udp_frame(b"x");
-    let packets = vec![Packet { index: 1, ts: Duration::from_secs(5), data: frame.clone(), orig_len: frame.len() as u32, truncated: false }];
+    let packets = vec![Packet {
+        index: 1,
+        ts: Duration::from_secs(5),
+        data: frame.clone(),
+        orig_len: frame.len() as u32,
+        truncated: false,
+    }];
     pcap::write_file(&p, &packets).unwrap();
     assert_eq!(pcap::read_file(&p).unwrap(), packets);
 }
@@ -88,10 +120,7 @@ fn nanosecond_and_big_endian_classic_files() {
     let got = pcap::read_bytes(&path(), &ns).unwrap();
     assert_eq!(got[0].ts, Duration::new(7, 123_456_789));
 
-    let mut be = Vec::new();
-    for v in [0xa1b2_c3d4u32] {
-        be.extend_from_slice(&v.to_be_bytes());
-    }
+    let mut be = 0xa1b2_c3d4u32.to_be_bytes().to_vec();
     be.extend_from_slice(&2u16.to_be_bytes());
     be.extend_from_slice(&4u16.to_be_bytes());
     be.extend_from_slice(&[0; 8]);
@@ -102,7 +131,10 @@ fn nanosecond_and_big_endian_classic_files() {
     }
     be.extend_from_slice(&frame);
     let got = pcap::read_bytes(&path(), &be).unwrap();
-    assert_eq!((got[0].ts, &got[0].data), (Duration::new(9, 500_000_000), &frame));
+    assert_eq!(
+        (got[0].ts, &got[0].data),
+        (Duration::new(9, 500_000_000), &frame)
+    );
 }
 
 /// Linux cooked v1 header: packet type, ARPHRD_ETHER, address length, address, protocol.
@@ -122,10 +154,18 @@ fn linux_cooked_sll_becomes_ethernet() {
     let got = pcap::read_bytes(&path(), &classic(113, &[&rec])).unwrap();
     let d = &got[0].data;
     assert_eq!(&d[0..6], &[0; 6], "destination unknown in cooked captures");
-    assert_eq!(&d[6..12], &[0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff], "source from the SLL address");
+    assert_eq!(
+        &d[6..12],
+        &[0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff],
+        "source from the SLL address"
+    );
     assert_eq!(&d[12..14], &[0x08, 0x00]);
     assert_eq!(&d[14..], ip_part(&frame));
-    assert_eq!(got[0].orig_len, rec.len() as u32, "orig_len is in the capture's own link type");
+    assert_eq!(
+        got[0].orig_len,
+        rec.len() as u32,
+        "orig_len is in the capture's own link type"
+    );
 }
 
 #[test]
@@ -140,7 +180,11 @@ fn linux_cooked_sll2_becomes_ethernet() {
     rec.extend_from_slice(ip_part(&frame));
     let got = pcap::read_bytes(&path(), &classic(276, &[&rec])).unwrap();
     assert_eq!(&got[0].data[6..12], &[1, 2, 3, 4, 5, 6]);
-    assert_eq!(&got[0].data[12..], &frame[12..], "ethertype and IP packet kept");
+    assert_eq!(
+        &got[0].data[12..],
+        &frame[12..],
+        "ethertype and IP packet kept"
+    );
 }
 
 #[test]
@@ -148,9 +192,15 @@ fn cooked_frames_that_are_not_ethertypes_are_errors() {
     let mut rec = sll_header([0; 6], 0x0004); // 802.2 LLC
     rec.extend_from_slice(&[0; 20]);
     let err = pcap::read_bytes(&path(), &classic(113, &[&rec])).unwrap_err();
-    assert_eq!(err.to_string(), "cap.pcap: packet 1: Linux cooked protocol 0x0004 is not an ethertype (802.2/802.3/CAN frames are not supported)");
+    assert_eq!(
+        err.to_string(),
+        "cap.pcap: packet 1: Linux cooked protocol 0x0004 is not an ethertype (802.2/802.3/CAN frames are not supported)"
+    );
     let short = pcap::read_bytes(&path(), &classic(113, &[&[0u8; 10]])).unwrap_err();
-    assert_eq!(short.to_string(), "cap.pcap: packet 1: 10 bytes is shorter than a Linux SLL header (16)");
+    assert_eq!(
+        short.to_string(),
+        "cap.pcap: packet 1: 10 bytes is shorter than a Linux SLL header (16)"
+    );
 }
 
 #[test]
@@ -172,13 +222,17 @@ fn raw_ip_link_types_are_wrapped_in_ethernet() {
     let got = pcap::read_bytes(&path(), &classic(229, &[&v6])).unwrap();
     assert_eq!(&got[0].data[12..14], &[0x86, 0xdd]);
     let err = pcap::read_bytes(&path(), &classic(101, &[&[0x50, 0, 0, 0]])).unwrap_err();
-    assert!(err.to_string().starts_with("cap.pcap: packet 1: raw IP packet with IP version Some(5)"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("cap.pcap: packet 1: raw IP packet with IP version Some(5)"),
+        "{err}"
+    );
 }
 
 // pcapng blocks, little endian.
 fn block(kind: u32, body: &[u8]) -> Vec<u8> {
     let mut body = body.to_vec();
-    while body.len() % 4 != 0 {
+    while !body.len().is_multiple_of(4) {
         body.push(0);
     }
     let len = (body.len() + 12) as u32;
@@ -234,7 +288,10 @@ fn pcapng_with_several_interfaces_link_types_and_resolutions() {
     f.extend(block(5, &isb));
     let got = pcap::read_bytes(Path::new("multi.pcapng"), &f).unwrap();
     assert_eq!(got.len(), 2);
-    assert_eq!((got[0].index, got[0].ts, &got[0].data), (1, Duration::from_millis(1500), &eth));
+    assert_eq!(
+        (got[0].index, got[0].ts, &got[0].data),
+        (1, Duration::from_millis(1500), &eth)
+    );
     assert_eq!(got[1].ts, Duration::new(2, 123));
     assert_eq!(&got[1].data[12..], &raw[12..]);
     assert!(got[1].truncated && got[1].orig_len == 4000);
@@ -267,7 +324,10 @@ fn pcapng_packet_on_an_undescribed_interface() {
     f.extend(epb(0, 1, &frame, frame.len() as u32));
     f.extend(epb(3, 2, &frame, frame.len() as u32));
     let err = pcap::read_bytes(&path(), &f).unwrap_err();
-    assert_eq!(err.to_string(), "cap.pcap: packet 2: corrupt record: interface id 3 was not described (the section has 1 interfaces)");
+    assert_eq!(
+        err.to_string(),
+        "cap.pcap: packet 2: corrupt record: interface id 3 was not described (the section has 1 interfaces)"
+    );
 }
 
 #[test]
@@ -276,34 +336,60 @@ fn truncated_files_name_the_packet() {
     let full = classic(1, &[&frame, &frame, &frame]);
     let cut = &full[..full.len() - frame.len() - 10]; // inside record 3
     let err = pcap::read_bytes(&path(), cut).unwrap_err();
-    assert!(matches!(err, PcapError::TruncatedFile { packet: 3, .. }), "{err:?}");
-    assert_eq!(err.to_string(), "cap.pcap: packet 3: the file ends inside the packet record (truncated file)");
+    assert!(
+        matches!(err, PcapError::TruncatedFile { packet: 3, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "cap.pcap: packet 3: the file ends inside the packet record (truncated file)"
+    );
     let header_only_cut = &full[..24 + 8]; // inside the first record header
     let err = pcap::read_bytes(&path(), header_only_cut).unwrap_err();
-    assert!(matches!(err, PcapError::TruncatedFile { packet: 1, .. }), "{err:?}");
+    assert!(
+        matches!(err, PcapError::TruncatedFile { packet: 1, .. }),
+        "{err:?}"
+    );
 
     let mut ng = shb();
     ng.extend(idb(1, None));
     ng.extend(epb(0, 1, &frame, frame.len() as u32));
     let cut = &ng[..ng.len() - 6];
     let err = pcap::read_bytes(&path(), cut).unwrap_err();
-    assert!(matches!(err, PcapError::TruncatedFile { packet: 1, .. }), "{err:?}");
+    assert!(
+        matches!(err, PcapError::TruncatedFile { packet: 1, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn corrupt_headers_and_non_captures() {
     let err = pcap::read_bytes(&path(), &classic_header(0xa1b2_c3d4, 1)[..10]).unwrap_err();
-    assert_eq!(err.to_string(), "cap.pcap: corrupt pcap file header: 10 bytes, expected at least 24");
+    assert_eq!(
+        err.to_string(),
+        "cap.pcap: corrupt pcap file header: 10 bytes, expected at least 24"
+    );
     let err = pcap::read_bytes(&path(), b"GET / HTTP/1.1\r\n").unwrap_err();
-    assert_eq!(err.to_string(), "cap.pcap: not a pcap or pcapng file (starts with 47 45 54 20), expected a capture from tcpdump or Wireshark");
+    assert_eq!(
+        err.to_string(),
+        "cap.pcap: not a pcap or pcapng file (starts with 47 45 54 20), expected a capture from tcpdump or Wireshark"
+    );
     let err = pcap::read_bytes(&path(), b"").unwrap_err();
     assert!(matches!(err, PcapError::NotPcap { .. }));
     let mut bad_ng = shb();
     bad_ng[8..12].copy_from_slice(&[9, 9, 9, 9]); // byte-order magic
     let err = pcap::read_bytes(&path(), &bad_ng).unwrap_err();
-    assert!(err.to_string().starts_with("cap.pcap: corrupt pcapng section header: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("cap.pcap: corrupt pcapng section header: "),
+        "{err}"
+    );
     let err = pcap::read_file(Path::new("/nonexistent/x.pcap")).unwrap_err();
-    assert!(err.to_string().starts_with("failed to read /nonexistent/x.pcap: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("failed to read /nonexistent/x.pcap: "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -320,7 +406,17 @@ fn unknown_link_type_names_file_packet_and_type() {
     f.extend(epb(0, 1, &frame, frame.len() as u32));
     f.extend(epb(1, 2, &frame, frame.len() as u32));
     let err = pcap::read_bytes(&path(), &f).unwrap_err();
-    assert!(matches!(err, PcapError::UnknownLinktype { packet: 2, linktype: 147, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            PcapError::UnknownLinktype {
+                packet: 2,
+                linktype: 147,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -337,7 +433,10 @@ fn snaplen_truncated_packets_are_flagged_not_dropped() {
 #[test]
 fn frames_shorter_than_ethernet_are_errors() {
     let err = pcap::read_bytes(&path(), &classic(1, &[&udp_frame(b"ok"), &[1, 2, 3]])).unwrap_err();
-    assert_eq!(err.to_string(), "cap.pcap: packet 2: 3 bytes is shorter than an Ethernet header (14)");
+    assert_eq!(
+        err.to_string(),
+        "cap.pcap: packet 2: 3 bytes is shorter than an Ethernet header (14)"
+    );
 }
 
 #[test]
@@ -345,7 +444,13 @@ fn tcpdump_recorded_fixture_reads() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/recorded-curl-get.pcap");
     let got = pcap::read_file(&p).unwrap();
     assert_eq!(got.len(), 12);
-    assert!(got.iter().all(|p| !p.truncated && p.data[12..14] == [0x08, 0x00]));
+    assert!(
+        got.iter()
+            .all(|p| !p.truncated && p.data[12..14] == [0x08, 0x00])
+    );
     assert!(got.windows(2).all(|w| w[0].ts <= w[1].ts));
-    assert_eq!(got.iter().map(|p| p.index).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
+    assert_eq!(
+        got.iter().map(|p| p.index).collect::<Vec<_>>(),
+        (1..=12).collect::<Vec<_>>()
+    );
 }

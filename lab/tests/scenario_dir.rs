@@ -42,11 +42,18 @@ fn scenario_dir_references_every_fixture() {
     let mut missing = Vec::new();
     for entry in std::fs::read_dir(root().join("fixtures")).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|x| x == "pcap" || x == "pcapng") && !used.contains(&path.canonicalize().unwrap()) {
+        if path
+            .extension()
+            .is_some_and(|x| x == "pcap" || x == "pcapng")
+            && !used.contains(&path.canonicalize().unwrap())
+        {
             missing.push(path.file_name().unwrap().to_string_lossy().into_owned());
         }
     }
-    assert!(missing.is_empty(), "fixtures no scenario replays: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "fixtures no scenario replays: {missing:?}"
+    );
 }
 
 #[test]
@@ -55,16 +62,20 @@ fn scenario_dir_covers_tcx_and_netlink_agents_and_test_programs() {
     let agent_on = |tcx: bool| {
         all.iter().any(|s| {
             let chain = scenario::resolve_chain(s, true);
-            chain.sequence.iter().any(|st| {
-                st.entry == "agent" && matches!(st.how, ResolvedAttach::Tcx(_)) == tcx
-            })
+            chain
+                .sequence
+                .iter()
+                .any(|st| st.entry == "agent" && matches!(st.how, ResolvedAttach::Tcx(_)) == tcx)
         })
     };
     assert!(agent_on(true) && agent_on(false));
     for program in ["pass", "unspec", "drop", "counter"] {
         let p = scenario::Builtin::from_name(program).unwrap();
         assert!(
-            all.iter().any(|s| s.chain.iter().any(|e| e.program == scenario::Program::Builtin(p))),
+            all.iter().any(|s| s
+                .chain
+                .iter()
+                .any(|e| e.program == scenario::Program::Builtin(p))),
             "no scenario uses {program}"
         );
     }
@@ -75,8 +86,13 @@ fn scenario_before_after_resolves_to_the_documented_order() {
     let s = scenario::load_scenario(&root().join("scenarios/chain-tcx-before-after.toml")).unwrap();
     let chain = scenario::resolve_chain(&s, true);
     for hook in [Direction::Ingress, Direction::Egress] {
-        assert_eq!(chain.hook(hook).tcx, ["first_counter", "middle", "last_counter", "sink"]);
+        assert_eq!(
+            chain.hook(hook).tcx,
+            ["first_counter", "middle", "last_counter", "sink"]
+        );
     }
     assert_eq!(s.lockdown, Lockdown::ALL);
-    assert!(matches!(&s.chain[3].attach, scenario::Attach::Tcx { order: TcxOrder::After(t) } if t == "first_counter"));
+    assert!(
+        matches!(&s.chain[3].attach, scenario::Attach::Tcx { order: TcxOrder::After(t) } if t == "first_counter")
+    );
 }

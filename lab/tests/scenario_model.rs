@@ -88,35 +88,89 @@ fn every_key_lands_in_the_model() {
     let s = load(FULL);
     assert_eq!(s.name, "full");
     assert_eq!(s.tags, ["a", "b"]);
-    assert_eq!(s.kernels, [KernelSelector::Host, KernelSelector::Named("6.12".into()), KernelSelector::AtLeast(6, 6)]);
+    assert_eq!(
+        s.kernels,
+        [
+            KernelSelector::Host,
+            KernelSelector::Named("6.12".into()),
+            KernelSelector::AtLeast(6, 6)
+        ]
+    );
     assert_eq!(s.lockdown, [Lockdown::None, Lockdown::Integrity]);
     assert_eq!(s.requires, [Capability::Tcx, Capability::BpfLoop]);
     assert_eq!(s.topology.local, Side::Peer);
     assert_eq!(s.topology.device.name, "d0");
     assert_eq!(s.topology.device.mac, [2, 0xaa, 0, 0, 0, 1]);
-    assert_eq!(s.topology.device.ipv4, Some(("10.1.0.1".parse().unwrap(), 30)));
+    assert_eq!(
+        s.topology.device.ipv4,
+        Some(("10.1.0.1".parse().unwrap(), 30))
+    );
     assert_eq!(s.topology.peer.ipv6, Some(("fd01::2".parse().unwrap(), 64)));
-    assert_eq!(s.topology.peer.name, "peer", "unset keys keep their defaults");
+    assert_eq!(
+        s.topology.peer.name, "peer",
+        "unset keys keep their defaults"
+    );
     let a = &s.agent;
-    assert_eq!((a.backend, a.priority, a.ct_max_entries, a.ct_map, a.propagation), (Backend::Auto, 7, 1024, CtMapKind::Hash, Propagation::Headers));
-    assert_eq!(a.lifetimes, Lifetimes { syn: 5, tcp: 21_600, close: 2, non_tcp: 60 });
+    assert_eq!(
+        (
+            a.backend,
+            a.priority,
+            a.ct_max_entries,
+            a.ct_map,
+            a.propagation
+        ),
+        (
+            Backend::Auto,
+            7,
+            1024,
+            CtMapKind::Hash,
+            Propagation::Headers
+        )
+    );
+    assert_eq!(
+        a.lifetimes,
+        Lifetimes {
+            syn: 5,
+            tcp: 21_600,
+            close: 2,
+            non_tcp: 60
+        }
+    );
     assert_eq!(s.chain[0].attach, Attach::AgentDecides);
     assert_eq!(s.chain[0].direction, Direction::Both);
     assert_eq!(
         s.chain[1].program,
         Program::Cilium {
             name: CiliumProgram("cil_to_netdev".into()),
-            behaviour: Behaviour::Dnat { from: "10.0.0.2:80".parse().unwrap(), to: "10.0.0.3:8080".parse().unwrap() },
+            behaviour: Behaviour::Dnat {
+                from: "10.0.0.2:80".parse().unwrap(),
+                to: "10.0.0.3:8080".parse().unwrap()
+            },
         }
     );
-    assert_eq!(s.chain[2].attach, Attach::Netlink { priority: 3, handle: 9 });
-    assert_eq!(s.chain[3].attach, Attach::Netlink { priority: 2, handle: 1 });
+    assert_eq!(
+        s.chain[2].attach,
+        Attach::Netlink {
+            priority: 3,
+            handle: 9
+        }
+    );
+    assert_eq!(
+        s.chain[3].attach,
+        Attach::Netlink {
+            priority: 2,
+            handle: 1
+        }
+    );
     let r = &s.replays[0];
     assert!(r.pcap.ends_with("x.pcap") && r.pcap.is_absolute());
     // local = peer: "local" is the peer's address, "peer" the device's MAC.
     assert_eq!(r.rewrite.ip.get(&ip("10.0.0.1")), Some(&ip("10.0.0.2")));
     assert_eq!(r.rewrite.ip.get(&ip("10.0.0.2")), Some(&ip("10.1.0.9")));
-    assert_eq!(r.rewrite.mac.get(&[2, 0, 0, 0, 0, 2]), Some(&[2, 0xaa, 0, 0, 0, 1]));
+    assert_eq!(
+        r.rewrite.mac.get(&[2, 0, 0, 0, 0, 2]),
+        Some(&[2, 0xaa, 0, 0, 0, 1])
+    );
     assert_eq!(r.pacing, Pacing::Scale(0.5));
     assert_eq!(r.after, [Step::WaitMs(20), Step::CtGc(true)]);
     let e = &s.expect;
@@ -132,10 +186,15 @@ fn every_key_lands_in_the_model() {
 #[test]
 fn minimal_file_gets_documented_defaults() {
     let s = load("name = \"m\"\n");
-    assert!(s.kernels.is_empty() && s.requires.is_empty() && s.chain.is_empty() && s.replays.is_empty());
+    assert!(
+        s.kernels.is_empty() && s.requires.is_empty() && s.chain.is_empty() && s.replays.is_empty()
+    );
     assert_eq!(s.lockdown, Lockdown::ALL);
     assert_eq!(s.topology.local, Side::Device);
-    assert_eq!(s.topology.device.ipv4, Some(("10.0.0.1".parse().unwrap(), 24)));
+    assert_eq!(
+        s.topology.device.ipv4,
+        Some(("10.0.0.1".parse().unwrap(), 24))
+    );
     assert_eq!(s.topology.peer.ipv6, Some(("fd00::2".parse().unwrap(), 64)));
     assert_eq!(s.topology.device.mac, [2, 0, 0, 0, 0, 1]);
     assert_eq!(s.agent, AgentSettings::default());
@@ -147,12 +206,18 @@ fn kernel_lockdown_and_capability_selection() {
     let s = load(FULL);
     assert!(s.applies_to_kernel("host", Some((6, 18))));
     assert!(s.applies_to_kernel("6.12", None));
-    assert!(s.applies_to_kernel("local-6.6", Some((6, 6))), ">=6.6 matches by version");
+    assert!(
+        s.applies_to_kernel("local-6.6", Some((6, 6))),
+        ">=6.6 matches by version"
+    );
     assert!(!s.applies_to_kernel("5.10", Some((5, 10))));
     assert!(!s.applies_to_kernel("6.1", Some((6, 1))));
     assert!(s.applies_to_lockdown(Lockdown::Integrity));
     assert!(!s.applies_to_lockdown(Lockdown::Confidentiality));
-    assert_eq!(s.missing_capability(|c| c == Capability::Tcx), Some(Capability::BpfLoop));
+    assert_eq!(
+        s.missing_capability(|c| c == Capability::Tcx),
+        Some(Capability::BpfLoop)
+    );
     assert_eq!(s.missing_capability(|_| true), None);
     let any = load("name = \"m\"\n");
     assert!(any.applies_to_kernel("5.10", None));
@@ -169,7 +234,10 @@ fn direction_follows_the_local_side() {
 }
 
 fn names(h: &HookChain) -> Vec<(&str, u16, u32)> {
-    h.netlink.iter().map(|n| (n.name.as_str(), n.priority, n.handle)).collect()
+    h.netlink
+        .iter()
+        .map(|n| (n.name.as_str(), n.priority, n.handle))
+        .collect()
 }
 
 #[test]
@@ -177,11 +245,23 @@ fn resolved_chain_with_and_without_tcx() {
     let s = load(FULL);
     let with = resolve_chain(&s, true);
     assert_eq!(with.ingress.tcx, ["agent"]);
-    assert_eq!(with.egress.tcx, ["cil", "agent"], "before = agent puts cil first");
-    assert_eq!(names(&with.ingress), [("low", 2, 1), ("redir", 3, 9)], "netlink by priority, not file order");
+    assert_eq!(
+        with.egress.tcx,
+        ["cil", "agent"],
+        "before = agent puts cil first"
+    );
+    assert_eq!(
+        names(&with.ingress),
+        [("low", 2, 1), ("redir", 3, 9)],
+        "netlink by priority, not file order"
+    );
     assert_eq!(names(&with.egress), [("low", 2, 1)]);
     // cil waits for agent: the attach sequence puts agent first.
-    let seq: Vec<_> = with.sequence.iter().map(|s| (s.entry.as_str(), s.hook)).collect();
+    let seq: Vec<_> = with
+        .sequence
+        .iter()
+        .map(|s| (s.entry.as_str(), s.hook))
+        .collect();
     assert_eq!(
         seq,
         [
@@ -194,10 +274,27 @@ fn resolved_chain_with_and_without_tcx() {
         ]
     );
     let without = resolve_chain(&s, false);
-    assert!(without.ingress.tcx.is_empty(), "auto without TCX goes to netlink");
-    assert_eq!(names(&without.ingress), [("low", 2, 1), ("redir", 3, 9), ("agent", 7, AGENT_NETLINK_HANDLE)]);
-    assert_eq!(names(&without.egress), [("low", 2, 1), ("agent", 7, AGENT_NETLINK_HANDLE)]);
-    assert!(without.egress.tcx == ["cil"], "cil stays on TCX: {:?}", without.egress.tcx);
+    assert!(
+        without.ingress.tcx.is_empty(),
+        "auto without TCX goes to netlink"
+    );
+    assert_eq!(
+        names(&without.ingress),
+        [
+            ("low", 2, 1),
+            ("redir", 3, 9),
+            ("agent", 7, AGENT_NETLINK_HANDLE)
+        ]
+    );
+    assert_eq!(
+        names(&without.egress),
+        [("low", 2, 1), ("agent", 7, AGENT_NETLINK_HANDLE)]
+    );
+    assert!(
+        without.egress.tcx == ["cil"],
+        "cil stays on TCX: {:?}",
+        without.egress.tcx
+    );
 }
 
 #[test]

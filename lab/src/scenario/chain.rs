@@ -74,7 +74,10 @@ fn program(cx: &mut Ctx, p: &Spanned<RawProgram>) -> Option<Program> {
         );
         return None;
     }
-    let kind = t.behaviour.as_ref().map_or(BehaviourKind::Ok, |b| *b.get_ref());
+    let kind = t
+        .behaviour
+        .as_ref()
+        .map_or(BehaviourKind::Ok, |b| *b.get_ref());
     let behaviour = behaviour(cx, p, t, kind)?;
     Some(Program::Cilium {
         name: CiliumProgram(name.get_ref().clone()),
@@ -82,9 +85,16 @@ fn program(cx: &mut Ctx, p: &Spanned<RawProgram>) -> Option<Program> {
     })
 }
 
-fn behaviour(cx: &mut Ctx, p: &Spanned<RawProgram>, t: &RawProgramTable, kind: BehaviourKind) -> Option<Behaviour> {
+fn behaviour(
+    cx: &mut Ctx,
+    p: &Spanned<RawProgram>,
+    t: &RawProgramTable,
+    kind: BehaviourKind,
+) -> Option<Behaviour> {
     let stray = |k: &Option<Spanned<String>>, key: &'static str, wanted: BehaviourKind| {
-        k.as_ref().filter(|_| kind != wanted).map(|v| (v.span(), key))
+        k.as_ref()
+            .filter(|_| kind != wanted)
+            .map(|v| (v.span(), key))
     };
     let strays = [
         stray(&t.redirect_to, "redirect_to", BehaviourKind::Redirect),
@@ -125,8 +135,9 @@ fn behaviour(cx: &mut Ctx, p: &Spanned<RawProgram>, t: &RawProgramTable, kind: B
                 return None;
             };
             let sock = |s: &String| {
-                s.parse::<std::net::SocketAddr>()
-                    .map_err(|_| format!("invalid address `{s}`, expected IP:port like \"10.0.0.2:80\""))
+                s.parse::<std::net::SocketAddr>().map_err(|_| {
+                    format!("invalid address `{s}`, expected IP:port like \"10.0.0.2:80\"")
+                })
             };
             let (from, to) = (cx.parse(from, sock)?, cx.parse(to, sock)?);
             Behaviour::Dnat { from, to }
@@ -134,7 +145,12 @@ fn behaviour(cx: &mut Ctx, p: &Spanned<RawProgram>, t: &RawProgramTable, kind: B
     })
 }
 
-fn attach(cx: &mut Ctx, e: &RawChainEntry, is_agent: bool, agent: Option<&RawAgent>) -> Option<Attach> {
+fn attach(
+    cx: &mut Ctx,
+    e: &RawChainEntry,
+    is_agent: bool,
+    agent: Option<&RawAgent>,
+) -> Option<Attach> {
     let Some(a) = &e.attach else {
         if is_agent {
             return Some(Attach::AgentDecides);
@@ -172,7 +188,10 @@ fn attach(cx: &mut Ctx, e: &RawChainEntry, is_agent: bool, agent: Option<&RawAge
                     );
                 }
             }
-            let order = a_ref.order.as_ref().map_or(TcxOrder::Tail, |o| o.get_ref().clone());
+            let order = a_ref
+                .order
+                .as_ref()
+                .map_or(TcxOrder::Tail, |o| o.get_ref().clone());
             Some(Attach::Tcx { order })
         }
         AttachMode::Netlink => {
@@ -228,10 +247,17 @@ fn order_span(raw: &[RawChainEntry], name: &str) -> std::ops::Range<usize> {
     .unwrap_or(0..0)
 }
 
-fn check_order_refs(cx: &mut Ctx, raw: &[RawChainEntry], chain: &[ChainEntry], agent: &AgentSettings) {
+fn check_order_refs(
+    cx: &mut Ctx,
+    raw: &[RawChainEntry],
+    chain: &[ChainEntry],
+    agent: &AgentSettings,
+) {
     let names: Vec<_> = chain.iter().map(|e| format!("`{}`", e.name)).collect();
     for e in chain {
-        let Some(target) = order_ref(&e.attach) else { continue };
+        let Some(target) = order_ref(&e.attach) else {
+            continue;
+        };
         let span = order_span(raw, &e.name);
         let Some(t) = chain.iter().find(|c| c.name == target) else {
             cx.err(
@@ -247,7 +273,10 @@ fn check_order_refs(cx: &mut Ctx, raw: &[RawChainEntry], chain: &[ChainEntry], a
         if t.name == e.name {
             cx.err(
                 span,
-                format!("`{}` is ordered relative to itself, expected another TCX entry", e.name),
+                format!(
+                    "`{}` is ordered relative to itself, expected another TCX entry",
+                    e.name
+                ),
             );
         } else if !is_tcx(t, agent) {
             cx.err(
@@ -257,7 +286,12 @@ fn check_order_refs(cx: &mut Ctx, raw: &[RawChainEntry], chain: &[ChainEntry], a
                     e.name
                 ),
             );
-        } else if let Some(h) = e.direction.hooks().iter().find(|h| !t.direction.covers(**h)) {
+        } else if let Some(h) = e
+            .direction
+            .hooks()
+            .iter()
+            .find(|h| !t.direction.covers(**h))
+        {
             cx.err(
                 span,
                 format!(
@@ -287,7 +321,8 @@ trait LowerDir {
 impl LowerDir for String {
     /// `{:?}` of Direction prints `Ingress`; the file says `ingress`.
     fn to_lowercase_dir(self) -> String {
-        self.replace("Ingress", "ingress").replace("Egress", "egress")
+        self.replace("Ingress", "ingress")
+            .replace("Egress", "egress")
     }
 }
 
@@ -457,8 +492,12 @@ fn attach_sequence(chain: &[ChainEntry]) -> Vec<usize> {
     while seq.len() < chain.len() {
         let ready = (0..chain.len()).find(|&i| {
             !done[i]
-                && order_ref(&chain[i].attach)
-                    .is_none_or(|t| chain.iter().position(|c| c.name == t).is_none_or(|j| done[j]))
+                && order_ref(&chain[i].attach).is_none_or(|t| {
+                    chain
+                        .iter()
+                        .position(|c| c.name == t)
+                        .is_none_or(|j| done[j])
+                })
         });
         // A cycle cannot happen after validation; fall back to file order if it does.
         let i = ready.unwrap_or_else(|| (0..chain.len()).find(|&i| !done[i]).unwrap_or(0));

@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use chain::{
-    AGENT_NETLINK_HANDLE, AttachStep, HookChain, NetlinkSlot, ResolvedAttach, ResolvedChain, resolve_chain,
+    AGENT_NETLINK_HANDLE, AttachStep, HookChain, NetlinkSlot, ResolvedAttach, ResolvedChain,
+    resolve_chain,
 };
 pub use error::ScenarioError;
 pub use model::*;
@@ -30,14 +31,19 @@ pub fn load_scenario(path: &Path) -> Result<Scenario, ScenarioError> {
 /// Reads and validates one scenario file, reporting every error found.
 /// The returned error list is never empty.
 pub fn load_scenario_all(path: &Path) -> Result<Scenario, Vec<ScenarioError>> {
-    let src = std::fs::read_to_string(path)
-        .map_err(|e| vec![ScenarioError::file(path, format!("failed to read scenario file: {e}"))])?;
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        vec![ScenarioError::file(
+            path,
+            format!("failed to read scenario file: {e}"),
+        )]
+    })?;
     parse_scenario(path, &src)
 }
 
 /// Validates scenario text; `path` names it in errors and anchors relative pcap paths.
 pub fn parse_scenario(path: &Path, src: &str) -> Result<Scenario, Vec<ScenarioError>> {
-    let raw: raw::RawScenario = toml::from_str(src).map_err(|e| vec![ScenarioError::from_toml(path, src, &e)])?;
+    let raw: raw::RawScenario =
+        toml::from_str(src).map_err(|e| vec![ScenarioError::from_toml(path, src, &e)])?;
     validate::validate(path, src, raw)
 }
 
@@ -54,16 +60,22 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Scenario>, Vec<ScenarioError>> {
         }
     }
     errors.extend(check_unique_names(&scenarios));
-    if errors.is_empty() { Ok(scenarios) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(scenarios)
+    } else {
+        Err(errors)
+    }
 }
 
 /// The `*.toml` files directly in `dir`, sorted.
 pub fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, ScenarioError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| ScenarioError::file(dir, format!("failed to list scenario folder: {e}")))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ScenarioError::file(dir, format!("failed to list scenario folder: {e}")))?;
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| ScenarioError::file(dir, format!("failed to list scenario folder: {e}")))?;
+        let entry = entry.map_err(|e| {
+            ScenarioError::file(dir, format!("failed to list scenario folder: {e}"))
+        })?;
         let path = entry.path();
         if path.extension().is_some_and(|x| x == "toml") && path.is_file() {
             files.push(path);

@@ -77,7 +77,11 @@ pub enum Lockdown {
 }
 
 impl Lockdown {
-    pub const ALL: [Lockdown; 3] = [Lockdown::None, Lockdown::Integrity, Lockdown::Confidentiality];
+    pub const ALL: [Lockdown; 3] = [
+        Lockdown::None,
+        Lockdown::Integrity,
+        Lockdown::Confidentiality,
+    ];
 }
 
 /// What `requires = [...]` may name; the names match the agent's probe.
@@ -197,7 +201,10 @@ pub struct ChainEntry {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Program {
     Builtin(Builtin),
-    Cilium { name: CiliumProgram, behaviour: Behaviour },
+    Cilium {
+        name: CiliumProgram,
+        behaviour: Behaviour,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

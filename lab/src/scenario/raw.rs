@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::model::{BehaviourKind, Builtin, CtState, Dimension, Direction, Lockdown, Pacing, Side, Step, TcxOrder};
+use super::model::{
+    BehaviourKind, Builtin, CtState, Dimension, Direction, Lockdown, Pacing, Side, Step, TcxOrder,
+};
 
 pub(crate) type S<T> = Spanned<T>;
 
@@ -193,17 +195,20 @@ impl<'de> serde::de::Visitor<'de> for ProgramVisitor {
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawProgram, E> {
-        Builtin::from_name(v).map(RawProgram::Builtin).ok_or_else(|| {
-            E::custom(format!(
-                "unknown program `{v}`, expected one of `agent`, `pass`, `unspec`, `drop`, \
+        Builtin::from_name(v)
+            .map(RawProgram::Builtin)
+            .ok_or_else(|| {
+                E::custom(format!(
+                    "unknown program `{v}`, expected one of `agent`, `pass`, `unspec`, `drop`, \
                  `counter`, or a table like {{ cilium = \"cil_from_netdev\", behaviour = \"ok\" }}"
-            ))
-        })
+                ))
+            })
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawProgram, A::Error> {
         // Forwarding the real MapAccess keeps spans and unknown-key positions.
-        let table = RawProgramTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        let table =
+            RawProgramTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
         Ok(RawProgram::Table(table))
     }
 }

@@ -13,14 +13,21 @@ use super::raw::RawReplay;
 use super::validate::Ctx;
 use super::values;
 
-pub(crate) fn validate_replay(cx: &mut Ctx, base: &Path, raw: &RawReplay, topo: &Topology) -> Option<Replay> {
+pub(crate) fn validate_replay(
+    cx: &mut Ctx,
+    base: &Path,
+    raw: &RawReplay,
+    topo: &Topology,
+) -> Option<Replay> {
     let rel = raw.pcap.get_ref();
     let path = super::validate::resolve(base, rel);
     let packets = match crate::pcap::read_file(&path) {
         Ok(p) => p,
         Err(e) => {
             let why = match &e {
-                crate::pcap::PcapError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                crate::pcap::PcapError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
                     format!(
                         "pcap `{rel}` not found (looked for {}), expected a path relative to the scenario file",
                         path.display()
@@ -32,13 +39,13 @@ pub(crate) fn validate_replay(cx: &mut Ctx, base: &Path, raw: &RawReplay, topo: 
             return None;
         }
     };
-    if let crate::scenario::Pacing::Scale(f) = raw.pacing {
-        if !(f.is_finite() && f >= 0.0) {
-            cx.err(
-                raw.pcap.span(),
-                format!("pacing scale {f} is invalid, expected a finite number >= 0"),
-            );
-        }
+    if let crate::scenario::Pacing::Scale(f) = raw.pacing
+        && !(f.is_finite() && f >= 0.0)
+    {
+        cx.err(
+            raw.pcap.span(),
+            format!("pacing scale {f} is invalid, expected a finite number >= 0"),
+        );
     }
     let seen = addresses(&packets);
     let mut rewrite = Rewrite::default();
@@ -73,13 +80,17 @@ fn addresses(packets: &[crate::pcap::Packet]) -> Seen {
         match sliced.net {
             Some(NetSlice::Ipv4(v4)) => {
                 let h = v4.header();
-                seen.ips
-                    .extend([IpAddr::from(h.source_addr()), IpAddr::from(h.destination_addr())]);
+                seen.ips.extend([
+                    IpAddr::from(h.source_addr()),
+                    IpAddr::from(h.destination_addr()),
+                ]);
             }
             Some(NetSlice::Ipv6(v6)) => {
                 let h = v6.header();
-                seen.ips
-                    .extend([IpAddr::from(h.source_addr()), IpAddr::from(h.destination_addr())]);
+                seen.ips.extend([
+                    IpAddr::from(h.source_addr()),
+                    IpAddr::from(h.destination_addr()),
+                ]);
             }
             None => {}
         }
@@ -169,7 +180,9 @@ fn endpoint_ip(ep: &super::model::Endpoint, like: IpAddr) -> Option<IpAddr> {
 
 fn literal(from: Addr, to: &str, out: &mut Rewrite) -> Result<(), String> {
     let bad = || {
-        format!("rewrite target `{to}` is invalid, expected `local`, `peer`, or an address of the same kind as the key")
+        format!(
+            "rewrite target `{to}` is invalid, expected `local`, `peer`, or an address of the same kind as the key"
+        )
     };
     match (from, parse_addr(to)) {
         (Addr::Ip(a), Some(Addr::Ip(b))) if a.is_ipv4() == b.is_ipv4() => {

@@ -21,11 +21,16 @@ pub(crate) struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.errors.push(ScenarioError::at(self.file, self.src, span, message));
+        self.errors
+            .push(ScenarioError::at(self.file, self.src, span, message));
     }
 
     /// Runs a value parser, recording its error at the value's span.
-    pub fn parse<T, R>(&mut self, v: &Spanned<T>, f: impl FnOnce(&T) -> Result<R, String>) -> Option<R> {
+    pub fn parse<T, R>(
+        &mut self,
+        v: &Spanned<T>,
+        f: impl FnOnce(&T) -> Result<R, String>,
+    ) -> Option<R> {
         match f(v.get_ref()) {
             Ok(r) => Some(r),
             Err(m) => {
@@ -36,10 +41,19 @@ impl<'a> Ctx<'a> {
     }
 
     /// An integer in `lo..=hi`.
-    pub fn int<T: TryFrom<i64>>(&mut self, v: &Spanned<i64>, key: &str, lo: i64, hi: i64) -> Option<T> {
+    pub fn int<T: TryFrom<i64>>(
+        &mut self,
+        v: &Spanned<i64>,
+        key: &str,
+        lo: i64,
+        hi: i64,
+    ) -> Option<T> {
         let n = *v.get_ref();
         if n < lo || n > hi {
-            self.err(v.span(), format!("`{key}` = {n} is out of range, expected {lo}..={hi}"));
+            self.err(
+                v.span(),
+                format!("`{key}` = {n} is out of range, expected {lo}..={hi}"),
+            );
             return None;
         }
         T::try_from(n).ok()
@@ -52,7 +66,11 @@ impl<'a> Ctx<'a> {
     }
 }
 
-pub(crate) fn validate(file: &Path, src: &str, raw: RawScenario) -> Result<Scenario, Vec<ScenarioError>> {
+pub(crate) fn validate(
+    file: &Path,
+    src: &str,
+    raw: RawScenario,
+) -> Result<Scenario, Vec<ScenarioError>> {
     let mut cx = Ctx {
         file,
         src,
@@ -77,7 +95,9 @@ pub(crate) fn validate(file: &Path, src: &str, raw: RawScenario) -> Result<Scena
     let topology = topology(&mut cx, &raw.topology);
     let agent = agent_settings(&mut cx, raw.agent.as_ref());
     let chain = super::chain::validate_chain(&mut cx, &raw.chain, raw.agent.as_ref(), &agent);
-    let has_agent = chain.iter().any(|e| e.program == Program::Builtin(Builtin::Agent));
+    let has_agent = chain
+        .iter()
+        .any(|e| e.program == Program::Builtin(Builtin::Agent));
     if raw.agent.is_some() && !has_agent {
         let span = cx.table_span("[agent]");
         cx.err(
@@ -119,7 +139,9 @@ fn dedup<T: Ord>(mut v: Vec<T>) -> Vec<T> {
 
 fn scenario_name(cx: &mut Ctx, name: &Spanned<String>) -> String {
     let n = name.get_ref();
-    let ok = !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let ok = !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !ok {
         cx.err(
             name.span(),
@@ -132,10 +154,19 @@ fn scenario_name(cx: &mut Ctx, name: &Spanned<String>) -> String {
 }
 
 fn capability(s: &str) -> Result<Capability, String> {
-    Capability::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
-        let names: Vec<_> = Capability::ALL.iter().map(|c| format!("`{}`", c.as_str())).collect();
-        format!("unknown capability `{s}`, expected one of {}", names.join(", "))
-    })
+    Capability::ALL
+        .into_iter()
+        .find(|c| c.as_str() == s)
+        .ok_or_else(|| {
+            let names: Vec<_> = Capability::ALL
+                .iter()
+                .map(|c| format!("`{}`", c.as_str()))
+                .collect();
+            format!(
+                "unknown capability `{s}`, expected one of {}",
+                names.join(", ")
+            )
+        })
 }
 
 /// Default topology: device `dut` 10.0.0.1 / fd00::1, peer `peer` 10.0.0.2 / fd00::2.
@@ -155,7 +186,9 @@ fn topology(cx: &mut Ctx, raw: &RawTopology) -> Topology {
             let span = span.unwrap_or_else(|| cx.table_span("[topology"));
             cx.err(
                 span,
-                format!("the device and its peer have the same `{what}`, expected different values"),
+                format!(
+                    "the device and its peer have the same `{what}`, expected different values"
+                ),
             );
         }
     }
@@ -180,10 +213,14 @@ fn endpoint(cx: &mut Ctx, raw: &RawEndpoint, name: &str, host: u8) -> Endpoint {
         name: name.to_string(),
         mac: [0x02, 0, 0, 0, 0, host],
         ipv4: Some((std::net::Ipv4Addr::new(10, 0, 0, host), 24)),
-        ipv6: Some((std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, host.into()), 64)),
+        ipv6: Some((
+            std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, host.into()),
+            64,
+        )),
     };
     if let Some(n) = &raw.name {
-        let ok = !n.get_ref().is_empty() && n.get_ref().len() <= 15 && !n.get_ref().contains(['/', ' ']);
+        let ok =
+            !n.get_ref().is_empty() && n.get_ref().len() <= 15 && !n.get_ref().contains(['/', ' ']);
         if ok {
             ep.name = n.get_ref().clone();
         } else {
@@ -227,7 +264,9 @@ fn agent_settings(cx: &mut Ctx, raw: Option<&RawAgent>) -> AgentSettings {
     let l = &raw.lifetimes;
     let max = i64::from(u32::MAX);
     let mut life = |v: &Option<Spanned<i64>>, key: &str, dflt: u32| {
-        v.as_ref().and_then(|v| cx.int(v, key, 1, max)).unwrap_or(dflt)
+        v.as_ref()
+            .and_then(|v| cx.int(v, key, 1, max))
+            .unwrap_or(dflt)
     };
     let d = a.lifetimes;
     a.lifetimes = Lifetimes {
@@ -240,7 +279,10 @@ fn agent_settings(cx: &mut Ctx, raw: Option<&RawAgent>) -> AgentSettings {
 }
 
 fn expect(cx: &mut Ctx, raw: &RawExpect, chain: &[ChainEntry], has_agent: bool) -> Expect {
-    let spans = raw.spans.as_ref().and_then(|s| cx.int(s, "spans", 0, i64::MAX));
+    let spans = raw
+        .spans
+        .as_ref()
+        .and_then(|s| cx.int(s, "spans", 0, i64::MAX));
     let ct = raw
         .ct
         .iter()

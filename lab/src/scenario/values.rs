@@ -23,24 +23,27 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 }
 
 pub fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// `10.0.0.1/24` or `10.0.0.1` (prefix 24).
 pub fn parse_ipv4_prefix(s: &str) -> Result<(Ipv4Addr, u8), String> {
     let (addr, len) = split_prefix(s, 24, 32, "an IPv4 address like `10.0.0.1/24`")?;
-    let addr = addr
-        .parse()
-        .map_err(|_| format!("invalid IPv4 address `{s}`, expected an IPv4 address like `10.0.0.1/24`"))?;
+    let addr = addr.parse().map_err(|_| {
+        format!("invalid IPv4 address `{s}`, expected an IPv4 address like `10.0.0.1/24`")
+    })?;
     Ok((addr, len))
 }
 
 /// `fd00::1/64` or `fd00::1` (prefix 64).
 pub fn parse_ipv6_prefix(s: &str) -> Result<(Ipv6Addr, u8), String> {
     let (addr, len) = split_prefix(s, 64, 128, "an IPv6 address like `fd00::1/64`")?;
-    let addr = addr
-        .parse()
-        .map_err(|_| format!("invalid IPv6 address `{s}`, expected an IPv6 address like `fd00::1/64`"))?;
+    let addr = addr.parse().map_err(|_| {
+        format!("invalid IPv6 address `{s}`, expected an IPv6 address like `fd00::1/64`")
+    })?;
     Ok((addr, len))
 }
 
@@ -49,7 +52,9 @@ fn split_prefix<'a>(s: &'a str, default: u8, max: u8, what: &str) -> Result<(&'a
         None => Ok((s, default)),
         Some((addr, len)) => match len.parse::<u8>() {
             Ok(n) if n <= max => Ok((addr, n)),
-            _ => Err(format!("invalid prefix length in `{s}`, expected {what} (0..={max})")),
+            _ => Err(format!(
+                "invalid prefix length in `{s}`, expected {what} (0..={max})"
+            )),
         },
     }
 }
@@ -62,9 +67,13 @@ pub fn parse_kernel_selector(s: &str) -> Result<KernelSelector, String> {
     if let Some(v) = s.strip_prefix(">=") {
         return parse_version(v.trim())
             .map(|(a, b)| KernelSelector::AtLeast(a, b))
-            .ok_or_else(|| format!("invalid kernel version `{s}`, expected `>=MAJOR.MINOR` like `>=6.6`"));
+            .ok_or_else(|| {
+                format!("invalid kernel version `{s}`, expected `>=MAJOR.MINOR` like `>=6.6`")
+            });
     }
-    let ok = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    let ok = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if ok {
         Ok(KernelSelector::Named(s.to_string()))
     } else {
@@ -137,18 +146,33 @@ mod tests {
 
     #[test]
     fn prefixes() {
-        assert_eq!(parse_ipv4_prefix("10.0.0.1"), Ok(("10.0.0.1".parse().unwrap(), 24)));
-        assert_eq!(parse_ipv4_prefix("10.0.0.1/30"), Ok(("10.0.0.1".parse().unwrap(), 30)));
+        assert_eq!(
+            parse_ipv4_prefix("10.0.0.1"),
+            Ok(("10.0.0.1".parse().unwrap(), 24))
+        );
+        assert_eq!(
+            parse_ipv4_prefix("10.0.0.1/30"),
+            Ok(("10.0.0.1".parse().unwrap(), 30))
+        );
         assert!(parse_ipv4_prefix("10.0.0.1/33").is_err());
         assert!(parse_ipv4_prefix("fd00::1").is_err());
-        assert_eq!(parse_ipv6_prefix("fd00::1"), Ok(("fd00::1".parse().unwrap(), 64)));
+        assert_eq!(
+            parse_ipv6_prefix("fd00::1"),
+            Ok(("fd00::1".parse().unwrap(), 64))
+        );
     }
 
     #[test]
     fn kernels() {
         assert_eq!(parse_kernel_selector("host"), Ok(KernelSelector::Host));
-        assert_eq!(parse_kernel_selector(">=6.6"), Ok(KernelSelector::AtLeast(6, 6)));
-        assert_eq!(parse_kernel_selector("6.12"), Ok(KernelSelector::Named("6.12".into())));
+        assert_eq!(
+            parse_kernel_selector(">=6.6"),
+            Ok(KernelSelector::AtLeast(6, 6))
+        );
+        assert_eq!(
+            parse_kernel_selector("6.12"),
+            Ok(KernelSelector::Named("6.12".into()))
+        );
         assert!(parse_kernel_selector(">=6").is_err());
         assert!(parse_kernel_selector("6 12").is_err());
     }
@@ -156,7 +180,10 @@ mod tests {
     #[test]
     fn tuples() {
         let t = parse_ct_tuple("TCP 10.0.0.1:5555 -> 10.0.0.2:80").unwrap();
-        assert_eq!((t.proto, t.src_port, t.dst_port), (L4Proto::Tcp, Some(5555), Some(80)));
+        assert_eq!(
+            (t.proto, t.src_port, t.dst_port),
+            (L4Proto::Tcp, Some(5555), Some(80))
+        );
         let t = parse_ct_tuple("UDP [fd00::1]:53 -> [fd00::2]:5353").unwrap();
         assert_eq!(t.dst, "fd00::2".parse::<IpAddr>().unwrap());
         let t = parse_ct_tuple("ICMP 10.0.0.1 -> 10.0.0.2").unwrap();
