@@ -5,12 +5,11 @@
 //! however it dies) the kernel destroys both namespaces, the veths in them,
 //! and every qdisc and filter attached to those veths.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use tclab_net::{Link, NetError, NetNs};
 
-use crate::scenario::{Endpoint, Topology};
+use crate::scenario::Topology;
 
 /// The built topology: the device under test in `dut`, its peer in `peer`.
 #[derive(Debug)]
@@ -23,7 +22,13 @@ pub struct Built {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// Build the topology. Namespace names carry the pid and a sequence number so
+/// Build the topology.
+///
+/// The scenario's addresses are deliberately *not* configured on the veths:
+/// they only decide each replayed packet's direction. Without addresses
+/// neither namespace's stack answers a replayed packet (no RST, ICMP or ARP
+/// of the kernel's own joins the run at a timing-dependent position), while
+/// the chain still sees every frame. Namespace names carry the pid and a sequence number so
 /// that two `tclab run` at once, or scenarios in parallel, never collide (and
 /// the names are only labels: nothing global is created under them).
 pub fn build(topology: &Topology) -> Result<Built, NetError> {
@@ -39,24 +44,5 @@ pub fn build(topology: &Topology) -> Result<Built, NetError> {
         &peer_ep.name,
         Some((dev.mac, peer_ep.mac)),
     )?;
-    configure(&dut, dev, peer_ep)?;
-    configure(&peer, peer_ep, dev)?;
     Ok(Built { dut, peer, device: pair.a, peer_link: pair.b })
-}
-
-/// Addresses on `me`, and static neighbour entries for `other` so that no ARP
-/// or neighbour discovery traffic crosses the chain during a replay.
-fn configure(ns: &NetNs, me: &Endpoint, other: &Endpoint) -> Result<(), NetError> {
-    if let Some((ip, prefix)) = me.ipv4 {
-        tclab_net::add_address(ns, &me.name, IpAddr::V4(ip), prefix)?;
-    }
-    // IPv6 addresses are not configured: joining their solicited-node group
-    // sends an MLD report through the device's egress, which would show up in
-    // the chain's counters and CT. Replays only need the addresses to decide
-    // each packet's direction, which the scenario itself answers.
-    let _ = me.ipv6;
-    if let Some((ip, _)) = other.ipv4 {
-        tclab_net::add_neighbour(ns, &me.name, IpAddr::V4(ip), other.mac)?;
-    }
-    Ok(())
 }
