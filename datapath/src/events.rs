@@ -268,6 +268,12 @@ pub struct HttpRequest {
     pub size: u32,
     /// The header block ended inside the captured bytes.
     pub headers_complete: bool,
+    /// Further requests pipelined in the same segment, parsed from the
+    /// captured bytes. The kernel judges the first request's traceparent;
+    /// these are judged in user space by the same W3C rules ([`crate::w3c`],
+    /// differential-tested against the kernel's validator).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pipelined: Vec<HttpRequest>,
 }
 
 /// An HTTP status line.
@@ -415,6 +421,7 @@ fn decode_http(kind: u32, meta: EventMeta, b: &[u8]) -> Result<Event, EventError
             let Some(StartLine::Request { method, path }) = parsed.start else {
                 return Err(EventError::Invalid { kind, reason: "payload has no request line".into() });
             };
+            let pipelined = pipelined_requests(&meta, payload, parsed.content_length);
             Event::HttpRequest(HttpRequest {
                 meta,
                 method,
@@ -425,6 +432,7 @@ fn decode_http(kind: u32, meta: EventMeta, b: &[u8]) -> Result<Event, EventError
                 tracestate,
                 size,
                 headers_complete: parsed.complete,
+                pipelined,
             })
         }
         kind::HTTP_RESPONSE => {
@@ -434,6 +442,66 @@ fn decode_http(kind: u32, meta: EventMeta, b: &[u8]) -> Result<Event, EventError
             Event::HttpResponse(HttpResponse { meta, status, content_length: parsed.content_length, size })
         }
         _ => Event::HttpContinuation(HttpContinuation { meta, host: parsed.host, traceparent, tracestate, size }),
+    })
+}
+
+/// Requests after the first one in a captured segment: each starts where the
+/// previous head (and its `Content-Length` body) ends. Stops at the first
+/// bytes that are not a complete request head.
+fn pipelined_requests(meta: &EventMeta, payload: &[u8], first_body: Option<u64>) -> Vec<HttpRequest> {
+    let mut out = Vec::new();
+    let mut rest = payload;
+    let mut body = first_body.unwrap_or(0);
+    while let Some(end) = find(rest, b"\r\n\r\n") {
+        let next = (end + 4).saturating_add(usize::try_from(body).unwrap_or(usize::MAX));
+        let Some(tail) = rest.get(next..) else { break };
+        let head = parse_http_head(tail);
+        let (Some(StartLine::Request { method, path }), true) = (head.start, head.complete) else { break };
+        let traceparent = match header_value(tail, b"traceparent") {
+            None => Traceparent::Missing,
+            Some(v) => match crate::w3c::parse_traceparent(v) {
+                Ok(_) => Traceparent::Valid(String::from_utf8_lossy(&v[..v.len().min(55)]).into_owned()),
+                Err(_) => Traceparent::Invalid(String::new()),
+            },
+        };
+        let tracestate = header_value(tail, b"tracestate").map(|v| String::from_utf8_lossy(v).into_owned());
+        out.push(HttpRequest {
+            meta: meta.clone(),
+            method,
+            path,
+            host: head.host,
+            content_length: head.content_length,
+            traceparent,
+            tracestate,
+            size: 0,
+            headers_complete: true,
+            pipelined: Vec::new(),
+        });
+        body = head.content_length.unwrap_or(0);
+        rest = tail;
+    }
+    out
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The value of header `name` (case-insensitive) in the head at the start of
+/// `msg`, without surrounding spaces and tabs.
+fn header_value<'a>(msg: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let head = &msg[..find(msg, b"\r\n\r\n").unwrap_or(msg.len())];
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (key, value) = (&line[..colon], &line[colon + 1..]);
+        if !key.eq_ignore_ascii_case(name) {
+            return None;
+        }
+        let trim = |b: &u8| *b == b' ' || *b == b'\t';
+        let start = value.iter().position(|b| !trim(b)).unwrap_or(value.len());
+        let end = value.iter().rposition(|b| !trim(b)).map_or(start, |e| e + 1);
+        Some(&value[start..end])
     })
 }
 
@@ -590,6 +658,25 @@ mod tests {
         assert_eq!(h.host.as_deref(), Some("abc"));
         assert_eq!(h.content_length, None);
         assert!(!h.complete);
+    }
+
+    #[test]
+    fn pipelined_requests_after_the_first_are_parsed_with_their_traceparent() {
+        let meta = EventMeta {
+            ts_ns: 0,
+            ifindex: 0,
+            tuple: Tuple { saddr: "10.0.0.1".parse().unwrap(), daddr: "10.0.0.2".parse().unwrap(), sport: 1, dport: 80, proto: 6 },
+            dir: Direction::Egress,
+            ct_status: 0,
+            tcp_flags: 0,
+        };
+        let payload = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\nTraceParent:\t00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 \r\n\r\nxyGET /c HTTP/1.1\r\ntraceparent: 00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01\r\n\r\nGET /d HT";
+        let reqs = pipelined_requests(&meta, payload, None);
+        let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/b", "/c"], "the truncated /d head is not guessed");
+        assert_eq!(reqs[0].method, "POST");
+        assert!(matches!(&reqs[0].traceparent, Traceparent::Valid(v) if v.starts_with("00-4bf9")));
+        assert_eq!(reqs[1].traceparent, Traceparent::Invalid(String::new()), "uppercase hex is invalid");
     }
 
     #[test]

@@ -232,7 +232,12 @@ impl SpanBuilder {
             Event::HttpRequest(req) => {
                 let key = (req.meta.tuple, req.meta.dir);
                 let last_segment_ns = req.meta.ts_ns;
-                self.queues.entry(key).or_default().push_back(Pending { req: req.clone(), last_segment_ns });
+                let queue = self.queues.entry(key).or_default();
+                for r in std::iter::once(req).chain(&req.pipelined) {
+                    let mut r = r.clone();
+                    r.pipelined.clear();
+                    queue.push_back(Pending { req: r, last_segment_ns });
+                }
                 None
             }
             Event::HttpContinuation(c) => {

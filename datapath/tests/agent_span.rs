@@ -41,6 +41,7 @@ fn req(ts: u64, dir: Direction, path: &str, tp: Traceparent) -> Event {
         tracestate: None,
         size: 80,
         headers_complete: true,
+        pipelined: Vec::new(),
     })
 }
 
