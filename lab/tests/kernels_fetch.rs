@@ -88,6 +88,30 @@ fn kernels_local_deb_loads_like_a_download() {
 }
 
 #[test]
+fn kernels_local_bzimage_and_modules_folder() {
+    let Some(k) = fetched("6.12") else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mods = tmp.path().join("lib/modules/6.12-local/kernel");
+    std::fs::create_dir_all(&mods).expect("mkdir");
+    for path in k.module_paths() {
+        std::fs::copy(&path, mods.join(path.file_name().expect("name"))).expect("copy module");
+    }
+    std::fs::copy(k.bzimage(), tmp.path().join("bzImage")).expect("copy bzImage");
+    let text = "name = \"6.12-local\"\n[source]\nlocal = { image = \"bzImage\", modules = \"lib/modules\", version = \"6.12-local\" }\n";
+    let cat = write_manifest(tmp.path(), text);
+    let cache = Cache::new(tmp.path().join("cache"));
+    let local = kernels::fetch(&cat, &[], &cache).expect("local image fetch").remove(0);
+    assert_eq!(local.info.modules, k.info.modules);
+    assert_eq!(std::fs::read(local.vmlinux()).ok(), std::fs::read(k.vmlinux()).ok(), "same vmlinux");
+    let missing = "name = \"no-mods\"\n[source]\nlocal = { image = \"bzImage\", version = \"1\" }\n";
+    let cat = write_manifest(tmp.path(), missing);
+    let cache = Cache::new(tmp.path().join("cache2"));
+    let err = kernels::fetch(&cat, &[], &cache).expect_err("no modules folder");
+    assert!(matches!(err, KernelError::MissingModule { .. }), "{err}");
+    assert_eq!(entries(&cache.root), Vec::<PathBuf>::new());
+}
+
+#[test]
 fn kernels_wrong_checksum_leaves_nothing_in_the_cache() {
     let Some(k) = fetched("6.1") else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
