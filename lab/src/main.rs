@@ -43,6 +43,14 @@ enum Command {
         #[arg(default_value = "scenarios")]
         paths: Vec<PathBuf>,
     },
+    /// Pinned distro kernels for the kernel matrix (manifests in kernels/).
+    Kernels {
+        #[command(subcommand)]
+        command: KernelsCommand,
+        /// Manifest folder.
+        #[arg(long, global = true, default_value = "kernels")]
+        manifests: PathBuf,
+    },
     /// Regenerate the deterministic fixtures (pcaps made with etherparse).
     Fixtures {
         #[arg(long, default_value = "fixtures")]
@@ -53,6 +61,17 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+}
+
+#[derive(Subcommand)]
+enum KernelsCommand {
+    /// Download (private apt configuration), verify and extract kernels into the cache.
+    Fetch {
+        /// Kernel names (default: every manifest).
+        names: Vec<String>,
+    },
+    /// What is cached and verified.
+    List,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +100,10 @@ enum Output {
 }
 
 fn main() -> ExitCode {
+    if tclab_lab::guest::is_guest() {
+        // As the VM's /init: set up, probe, report on the console, reboot.
+        tclab_lab::guest::main(|_request, _sink| Ok(()));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("TCLAB_LOG"))
         .with_writer(std::io::stderr)
@@ -100,6 +123,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(args),
         Command::Review { snapshots, accept, reject } => review(&snapshots, accept, reject),
         Command::Check { paths } => check(&paths),
+        Command::Kernels { command, manifests } => kernels(command, &manifests),
         Command::Fixtures { dir } => {
             let written = tclab_lab::fixtures::generate_all(&dir)
                 .with_context(|| format!("failed to generate fixtures in {}", dir.display()))?;
@@ -220,5 +244,19 @@ fn review(snapshots: &Path, accept: bool, reject: bool) -> anyhow::Result<ExitCo
         })?
     };
     println!("{} accepted, {} rejected, {} skipped", summary.accepted, summary.rejected, summary.skipped);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kernels(command: KernelsCommand, manifests: &Path) -> anyhow::Result<ExitCode> {
+    use tclab_lab::kernels::{self, Cache, Catalog};
+    let catalog = Catalog::load(manifests).with_context(|| format!("failed to load manifests from {}", manifests.display()))?;
+    let cache = Cache::default_location()?;
+    match command {
+        KernelsCommand::Fetch { names } => {
+            let fetched = kernels::fetch(&catalog, &names, &cache)?;
+            println!("{} kernel(s) ready in {}", fetched.len(), cache.root.display());
+        }
+        KernelsCommand::List => print!("{}", kernels::list_table(&kernels::list(&catalog, &cache))),
+    }
     Ok(ExitCode::SUCCESS)
 }
