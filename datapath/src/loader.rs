@@ -42,6 +42,8 @@ pub const GLOBAL_LIFETIME_SYN: &str = "tclab_ct_lifetime_syn_ns";
 pub const GLOBAL_LIFETIME_TCP: &str = "tclab_ct_lifetime_tcp_ns";
 pub const GLOBAL_LIFETIME_CLOSE: &str = "tclab_ct_lifetime_close_ns";
 pub const GLOBAL_LIFETIME_NON_TCP: &str = "tclab_ct_lifetime_non_tcp_ns";
+/// Load-time constant: 1 = CT timestamps from `bpf_ktime_get_coarse_ns`.
+pub const GLOBAL_CT_COARSE_CLOCK: &str = "tclab_ct_coarse_clock";
 /// Test program returning the verdict set at load.
 pub const PROG_TEST_VERDICT: &str = "tclab_verdict";
 /// Test program returning TC_ACT_UNSPEC and nothing else.
@@ -188,6 +190,13 @@ fn classifier<'a>(ebpf: &'a Ebpf, program: &'static str) -> &'a SchedClassifier 
     prog.try_into().unwrap_or_else(|_| panic!("program {program} was loaded as a classifier"))
 }
 
+/// Whether the kernel has `bpf_ktime_get_coarse_ns` (5.11+). The CT clock
+/// uses it when it can: on some machines `bpf_ktime_get_ns` is a third of
+/// the per-packet cost. Unknown versions get the precise clock (always there).
+fn kernel_has_coarse_clock() -> bool {
+    aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 11, 0))
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -237,12 +246,14 @@ impl Datapath {
         };
         let lt = &cfg.lifetimes;
         let (syn, tcp, close, non_tcp) = (nanos(lt.syn), nanos(lt.tcp), nanos(lt.close), nanos(lt.non_tcp));
+        let coarse = u8::from(kernel_has_coarse_clock());
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_CT, cfg.ct_max_entries)
             .override_global(GLOBAL_LIFETIME_SYN, &syn, true)
             .override_global(GLOBAL_LIFETIME_TCP, &tcp, true)
             .override_global(GLOBAL_LIFETIME_CLOSE, &close, true)
             .override_global(GLOBAL_LIFETIME_NON_TCP, &non_tcp, true)
+            .override_global(GLOBAL_CT_COARSE_CLOCK, &coarse, true)
             .load(bytes)
             .map_err(|source| LoadError::Object { object, source: Box::new(source) })?;
         for program in [PROG_INGRESS, PROG_EGRESS] {

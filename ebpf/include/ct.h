@@ -29,7 +29,22 @@ volatile const __u64 tclab_ct_lifetime_tcp_ns = 21600ULL * 1000000000ULL;
 volatile const __u64 tclab_ct_lifetime_close_ns = 10ULL * 1000000000ULL;
 volatile const __u64 tclab_ct_lifetime_non_tcp_ns = 60ULL * 1000000000ULL;
 
+/* 1: CT timestamps come from bpf_ktime_get_coarse_ns (5.11+; tick
+ * resolution, same clock base as CLOCK_MONOTONIC), which costs a fraction
+ * of bpf_ktime_get_ns on the per-packet path. The loader sets it only when
+ * the kernel has the helper; with 0 the call is dead code the verifier
+ * removes, so the object still loads on 5.10. Events keep the precise clock
+ * (span timing). */
+volatile const __u8 tclab_ct_coarse_clock = 0;
+
 #define CT_F_CLOSING (CT_F_RX_CLOSING | CT_F_TX_CLOSING)
+
+static __always_inline __u64 ct_now(void)
+{
+	if (tclab_ct_coarse_clock)
+		return bpf_ktime_get_coarse_ns();
+	return bpf_ktime_get_ns();
+}
 
 static __always_inline void ct_tuple_reverse(struct ct_tuple *dst, const struct ct_tuple *src)
 {
@@ -144,7 +159,7 @@ static __always_inline void __ct_create(struct __sk_buff *skb, struct tclab_scra
 static __always_inline void ct_process(struct __sk_buff *skb, struct tclab_scratch *s, __u8 dir)
 {
 	struct pkt_info *pkt = &s->pkt;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	struct ct_entry *e;
 	__u8 reply = 0;
 
