@@ -134,8 +134,8 @@ fn kernels_corrupt_archive_is_an_error_naming_the_file_and_leaves_nothing() {
     let deb = tmp.path().join("cut.deb");
     let bytes = std::fs::read(k.source_deb().expect("source.deb kept")).expect("read deb");
     std::fs::write(&deb, &bytes[..bytes.len() / 2]).expect("write truncated deb");
-    let text = format!("name = \"cut\"\n[source]\nlocal = {{ deb = \"cut.deb\", version = \"1\" }}\n");
-    let cat = write_manifest(tmp.path(), &text);
+    let text = "name = \"cut\"\n[source]\nlocal = { deb = \"cut.deb\", version = \"1\" }\n";
+    let cat = write_manifest(tmp.path(), text);
     let cache = Cache::new(tmp.path().join("cache"));
     let err = kernels::fetch(&cat, &[], &cache).expect_err("truncated deb must fail");
     assert!(matches!(err, KernelError::Archive { .. }), "{err}");

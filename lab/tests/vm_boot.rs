@@ -122,7 +122,7 @@ fn vm_watchdog_kills_a_busy_hung_guest_at_the_timeout_with_the_console_tail() {
     let dir = payload();
     let mut s = spec(k, LockdownMode::None, dir.path());
     s.debug_hang = Some(HangMode::Busy);
-    s.timeout = Duration::from_secs(25);
+    s.timeout = Duration::from_secs(15);
     let started = Instant::now();
     let o = vm::run_cell(&s).expect("cell runs");
     let elapsed = started.elapsed();
@@ -131,6 +131,25 @@ fn vm_watchdog_kills_a_busy_hung_guest_at_the_timeout_with_the_console_tail() {
     assert!(elapsed < s.timeout + Duration::from_secs(5), "killed late: {elapsed:?}");
     assert!(f.log.iter().any(|l| l.contains("hanging on request")), "console tail: {:?}", f.log);
     assert!(!o.records.iter().any(|r| matches!(r, Record::Final { .. })));
+}
+
+#[test]
+fn vm_cancel_flag_kills_the_vm_promptly() {
+    let Some(k) = kernel("vm_cancel", "6.1") else { return };
+    let dir = payload();
+    let mut s = spec(k, LockdownMode::None, dir.path());
+    s.debug_hang = Some(HangMode::Busy);
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    s.cancel = Some(flag.clone());
+    let setter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(4));
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let o = vm::run_cell(&s).expect("cell runs");
+    setter.join().expect("setter");
+    let f = o.failure.expect("cancelled");
+    assert_eq!(f.kind, FailureKind::Cancelled, "{f}");
+    assert!(o.durations.total < Duration::from_secs(6), "{:?}", o.durations);
 }
 
 #[test]

@@ -37,11 +37,11 @@ pub const MOUNTS: &[Mount] = &[
 pub fn mount_all() -> Vec<String> {
     let mut errors = Vec::new();
     for m in MOUNTS {
-        if !m.target.starts_with("/sys/") {
-            if let Err(e) = std::fs::create_dir_all(m.target) {
-                errors.push(format!("mkdir({}) failed: {e}", m.target));
-                continue;
-            }
+        if !m.target.starts_with("/sys/")
+            && let Err(e) = std::fs::create_dir_all(m.target)
+        {
+            errors.push(format!("mkdir({}) failed: {e}", m.target));
+            continue;
         }
         if let Err(e) = mount(Some(m.source), m.target, Some(m.fstype), m.flags, None::<&str>) {
             errors.push(format!("mount({}, {}, {}, {:?}) failed: {e}", m.source, m.target, m.fstype, m.flags));

@@ -101,10 +101,10 @@ fn scan_for_payload(image: &[u8]) -> Result<Vec<u8>, String> {
         let mut from = 0;
         while let Some(pos) = find(&image[from..], magic) {
             let at = from + pos;
-            if let Ok(elf) = decompress(kind, &image[at..]) {
-                if is_elf(&elf) {
-                    return Ok(elf);
-                }
+            if let Ok(elf) = decompress(kind, &image[at..])
+                && is_elf(&elf)
+            {
+                return Ok(elf);
             }
             from = at + 1;
         }

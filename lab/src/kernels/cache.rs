@@ -136,10 +136,10 @@ impl Cache {
             Err(_) if !dir.exists() => return CacheState::Missing("does not exist".into()),
             Err(e) => return CacheState::Missing(format!("has no readable `verified` stamp ({e})")),
         };
-        if let Some(want) = &m.sha256 {
-            if &stamp != want {
-                return CacheState::Missing(format!("was verified against sha256 {stamp}, the manifest pins {want}"));
-            }
+        if let Some(want) = &m.sha256
+            && &stamp != want
+        {
+            return CacheState::Missing(format!("was verified against sha256 {stamp}, the manifest pins {want}"));
         }
         let info_path = dir.join(INFO);
         let info = std::fs::read_to_string(&info_path)
@@ -170,10 +170,10 @@ impl Cache {
         for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             let Some(pid) = name.strip_prefix(".tmp-").and_then(|r| r.split('-').next()) else { continue };
-            if !Path::new("/proc").join(pid).exists() {
-                if let Err(e) = std::fs::remove_dir_all(&path) {
-                    tracing::warn!("failed to remove stale {}: {e}", path.display());
-                }
+            if !Path::new("/proc").join(pid).exists()
+                && let Err(e) = std::fs::remove_dir_all(&path)
+            {
+                tracing::warn!("failed to remove stale {}: {e}", path.display());
             }
         }
     }

@@ -97,6 +97,9 @@ pub struct CellSpec {
     pub machine: Option<Machine>,
     /// Testing the watchdog only.
     pub debug_hang: Option<HangMode>,
+    /// When it becomes true (e.g. set by a SIGINT handler) the VM is killed
+    /// and the cell fails as cancelled; checked every 200 ms.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl CellSpec {
@@ -113,6 +116,7 @@ impl CellSpec {
             init: None,
             machine: None,
             debug_hang: None,
+            cancel: None,
         }
     }
 }

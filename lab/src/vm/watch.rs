@@ -27,6 +27,8 @@ pub enum FailureKind {
     NoFinal,
     /// The guest reported errors (final record not ok).
     Guest,
+    /// The caller cancelled (Ctrl-C).
+    Cancelled,
 }
 
 /// Why a cell failed, with the console lines that show it.
@@ -94,7 +96,14 @@ pub(super) fn watch(child: &mut QemuChild, spec: &CellSpec, started: Instant) ->
             w.failure = Some(CellFailure { kind, message, log: tail(&w.console, 30) });
             break;
         }
-        match rx.recv_timeout(deadline.min(quiet_deadline) - now) {
+        if spec.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            let message = "cancelled; VM killed".to_owned();
+            w.failure = Some(CellFailure { kind: FailureKind::Cancelled, message, log: tail(&w.console, 10) });
+            break;
+        }
+        // Wake at least every 200 ms to notice a cancellation.
+        let wait = (deadline.min(quiet_deadline) - now).min(Duration::from_millis(200));
+        match rx.recv_timeout(wait) {
             Ok(bytes) => {
                 last_talk = Instant::now();
                 for ev in parser.feed(&bytes) {
