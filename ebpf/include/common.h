@@ -15,12 +15,19 @@
 #define __always_inline inline __attribute__((always_inline))
 #endif
 
+/* Hide a value from the optimiser: clang turns `x & (flag - 1)` with a
+ * 0/1 flag back into a select, i.e. a jump, which is what the branch-free
+ * code avoids (each jump doubles the verifier's paths in an unrolled loop). */
+#define BF_OPAQUE(x) asm volatile("" : "+r"(x))
+
 /* Branch-free "x == 0" for values below 2^63: 1 when zero, else 0. The BPF
  * ISA has no set-on-condition instruction, so a C comparison becomes a jump,
  * and jumps inside the long scanning loops multiply the states the verifier
  * walks (see traceparent.h). */
 static __always_inline __u64 bf_is_zero(__u64 x)
 {
+	/* opaque: knowing x < 2^63, clang would rewrite this as x == 0 */
+	BF_OPAQUE(x);
 	return (x - 1) >> 63;
 }
 

@@ -179,6 +179,7 @@ static __always_inline void ct_process(struct __sk_buff *skb, struct tclab_scrat
 	counter_inc(reply ? CNT_CT_REPLY : CNT_CT_ESTABLISHED);
 	if (__ct_update(e, pkt, reply, now))
 		event_conn(skb, s, EV_CONN_CLOSE, dir, e);
+	pkt->ct_flags = e->flags;
 }
 
 /* The entry of the packet's connection, after ct_process; NULL if none. */

@@ -26,6 +26,7 @@
 #include "ct.h"
 #include "events.h"
 #include "traceparent.h"
+#include "swar.h"
 
 #define LE4(a, b, c, d) ((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24)
 #define LE8(a, b, c, d, e, f, g, h) (LE4(a, b, c, d) | LE4(e, f, g, h) << 32)
@@ -79,43 +80,37 @@ static __always_inline int http_classify(const __u8 *head)
 #define SCAN_GET(field) (*(volatile __u32 *)&(field))
 #define SCAN_SET(field, v) (*(volatile __u32 *)&(field) = (v))
 
-/* If buf[pos - 1] is LF, record pos as a line start. Branch-free: the
- * store always happens (to the next free slot, or to the sink slots past
- * TCLAB_HTTP_MAX_LINES once full) and only the count moves. */
-static __always_inline void __http_line_start(struct tclab_scratch *s, __u32 pos)
-{
-	struct http_scan *sc = &s->scan;
-	__u32 n = SCAN_GET(sc->nlines);
-	__u64 nl = bf_eq8(s->buf[(pos - 1) & TCLAB_POS_MASK], '\n');
-
-	SCAN_SET(sc->lines[n & (2 * TCLAB_HTTP_MAX_LINES - 1)], pos);
-	SCAN_SET(sc->nlines, n + (nl & (((__u64)n - TCLAB_HTTP_MAX_LINES) >> 63)));
-}
-
 /* Record the position after every LF in the first TCLAB_HTTP_SCAN bytes,
- * eight bytes at a time: words without LF (most) cost a few instructions.
- * Results go to map memory so the loop's exits all look alike to the
+ * eight bytes at a time: a word without LF (most) costs a few
+ * instructions; in a word with LF every byte is handled branch-free (the
+ * store always happens, to the next free slot or to the sink slots past
+ * TCLAB_HTTP_MAX_LINES, and only the count moves). The count lives in map
+ * memory between words so that the loop's exits all look alike to the
  * verifier. */
 static __always_inline void http_scan_lines(struct tclab_scratch *s)
 {
-	__u32 limit = SCAN_GET(s->scan.copied) + 1;
+	struct http_scan *sc = &s->scan;
+	__u32 limit = SCAN_GET(sc->copied) + 1;
 	__u32 w;
 
 #pragma clang loop unroll(disable)
 	for (w = 0; w < TCLAB_HTTP_SCAN / 8; w++) {
 		__u32 base = w * 8;
-		__u64 x, t;
+		__u64 nl, n;
 		int b;
 
 		if (base >= limit)
 			break;
-		x = *(const __u64 *)(s->buf + base) ^ 0x0a0a0a0a0a0a0a0aULL;
-		t = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
-		if (!t)
+		nl = swar_eq(swar_load(SCAN_BUF(s) + base), '\n');
+		if (!nl)
 			continue;
+		n = SCAN_GET(sc->nlines);
 #pragma unroll
-		for (b = 0; b < 8; b++)
-			__http_line_start(s, base + b + 1);
+		for (b = 0; b < 8; b++) {
+			sc->lines[n & (2 * TCLAB_HTTP_MAX_LINES - 1)] = base + b + 1;
+			n += ((nl >> (8 * b + 7)) & 1) & ((n - TCLAB_HTTP_MAX_LINES) >> 63);
+		}
+		SCAN_SET(sc->nlines, n);
 	}
 }
 
@@ -135,7 +130,7 @@ static __always_inline void http_scan_headers(struct tclab_scratch *s)
 		if (j >= SCAN_GET(sc->nlines))
 			break;
 		p = SCAN_GET(sc->lines[j]) & TCLAB_POS_MASK;
-		l = s->buf + p;
+		l = SCAN_BUF(s) + p;
 		if (l[0] == '\n' || (l[0] == '\r' && l[1] == '\n')) {
 			SCAN_SET(sc->hdr_end, p);
 			break;
@@ -162,27 +157,38 @@ static __always_inline __u32 http_copy(struct __sk_buff *skb, struct tclab_scrat
 	if (n > TCLAB_HTTP_COPY)
 		n = TCLAB_HTTP_COPY;
 	n &= TCLAB_POS_MASK;
-	if (n == 0 || bpf_skb_load_bytes(skb, pkt->payload_off, s->buf + 1, n))
+	if (n == 0 || bpf_skb_load_bytes(skb, pkt->payload_off, SCAN_BUF(s) + 1, n))
 		return 0;
-	s->buf[0] = kind == HTTP_CONTINUATION ? '\n' : 0;
+	SCAN_BUF(s)[0] = kind == HTTP_CONTINUATION ? '\n' : 0; /* = tracestate[127] */
 	/* zero padding: matches, value checks and captures never see the
 	 * previous packet's bytes */
-	__builtin_memset(s->buf + 1 + n, 0, TCLAB_SCAN_PAD);
+	__builtin_memset(SCAN_BUF(s) + 1 + n, 0, TCLAB_SCAN_PAD);
 	return n;
 }
 
-/* Traceparent/tracestate of a request or continuation into the event. */
+/* Scan a request or continuation for its trace headers. */
 static __always_inline void http_trace_headers(struct tclab_scratch *s)
+{
+	http_scan_lines(s);
+	http_scan_headers(s);
+}
+
+/* Traceparent and tracestate of the event: validated/copied when found,
+ * zero otherwise. Runs after the scan: tracestate[127] is the scan
+ * buffer's virtual line start. */
+static __always_inline void http_trace_fields(struct tclab_scratch *s)
 {
 	struct http_scan *sc = &s->scan;
 	struct http_event *ev = &s->http;
 
-	http_scan_lines(s);
-	http_scan_headers(s);
 	if (SCAN_GET(sc->tp_pos))
 		ev->traceparent_status = tp_validate(s, SCAN_GET(sc->tp_pos), ev->traceparent);
+	else
+		__builtin_memset(ev->traceparent, 0, sizeof(ev->traceparent));
 	if (SCAN_GET(sc->ts_pos))
 		ev->tracestate_len = ts_copy(s, SCAN_GET(sc->ts_pos), ev->tracestate);
+	else
+		__builtin_memset(ev->tracestate, 0, sizeof(ev->tracestate));
 }
 
 /* Classify the segment: request, response, continuation of a pending
@@ -193,7 +199,6 @@ static __always_inline int http_kind_of(struct __sk_buff *skb, struct tclab_scra
 {
 	struct pkt_info *pkt = &s->pkt;
 	struct http_scan *sc = &s->scan;
-	struct ct_entry *e;
 	__u32 n = pkt->payload_len < 16 ? pkt->payload_len : 16;
 	int kind;
 
@@ -208,11 +213,8 @@ static __always_inline int http_kind_of(struct __sk_buff *skb, struct tclab_scra
 	if (n == 0 || bpf_skb_load_bytes(skb, pkt->payload_off, sc->head, n & 31))
 		return HTTP_NONE;
 	kind = http_classify(sc->head);
-	if (kind == HTTP_NONE) {
-		e = ct_entry_of(s);
-		if (e && (e->flags & CT_F_HTTP_PENDING))
-			kind = HTTP_CONTINUATION;
-	}
+	if (kind == HTTP_NONE && (pkt->ct_flags & CT_F_HTTP_PENDING))
+		kind = HTTP_CONTINUATION;
 	SCAN_SET(sc->kind, kind);
 	return kind;
 }
@@ -232,10 +234,9 @@ static __always_inline void http_event_start(struct __sk_buff *skb, struct tclab
 	ev->captured_len = n < TCLAB_PAYLOAD_CAPTURE ? n : TCLAB_PAYLOAD_CAPTURE;
 	ev->traceparent_status = TP_MISSING;
 	ev->tracestate_len = 0;
-	__builtin_memset(ev->traceparent, 0, sizeof(ev->traceparent));
-	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
-	__builtin_memset(ev->tracestate, 0, sizeof(ev->tracestate));
-	__builtin_memcpy(ev->payload, s->buf + 1, TCLAB_PAYLOAD_CAPTURE);
+	*(__u64 *)ev->_pad = 0;
+	/* payload[] already holds the segment (zero-padded); traceparent and
+	 * tracestate are written by http_trace_fields */
 }
 
 /* Counters and the CT_F_HTTP_PENDING flag after the scan: a request
@@ -247,6 +248,7 @@ static __always_inline void http_finish(struct tclab_scratch *s)
 	__u8 tp = s->http.traceparent_status;
 	int done = SCAN_GET(s->scan.hdr_end) || tp != TP_MISSING;
 	struct ct_entry *e;
+	__u8 pending;
 
 	if (kind == HTTP_RESPONSE) {
 		counter_inc(CNT_HTTP_RESPONSES);
@@ -256,12 +258,15 @@ static __always_inline void http_finish(struct tclab_scratch *s)
 		counter_inc(CNT_HTTP_REQUESTS);
 	if (tp != TP_MISSING)
 		counter_inc(tp == TP_VALID ? CNT_TRACEPARENT_VALID : CNT_TRACEPARENT_INVALID);
+	pending = s->pkt.ct_flags & CT_F_HTTP_PENDING;
+	if (done == !pending || (!done && kind != HTTP_REQUEST))
+		return; /* nothing to change: no second CT lookup */
 	e = ct_entry_of(s);
 	if (!e)
 		return;
 	if (done)
 		e->flags &= ~CT_F_HTTP_PENDING;
-	else if (kind == HTTP_REQUEST)
+	else
 		e->flags |= CT_F_HTTP_PENDING;
 }
 
@@ -278,6 +283,7 @@ static __always_inline void http_process(struct __sk_buff *skb, struct tclab_scr
 	http_event_start(skb, s, dir);
 	if (SCAN_GET(s->scan.kind) != HTTP_RESPONSE)
 		http_trace_headers(s);
+	http_trace_fields(s);
 	http_finish(s);
 	event_http(skb, s);
 }

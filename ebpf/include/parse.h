@@ -220,8 +220,14 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt_info *
 	__u32 off = sizeof(*eth);
 	__be16 proto;
 
-	__builtin_memset(pkt, 0, sizeof(*pkt));
+	/* only what every path reads: the tuple (a hash key, so its padding
+	 * too) and the small fields; rtuple is written before use */
+	__builtin_memset(&pkt->tuple, 0, sizeof(pkt->tuple));
+	pkt->l4_off = 0;
+	pkt->payload_off = 0;
+	pkt->payload_len = 0;
 	pkt->skb_len = skb->len;
+	*(__u64 *)&pkt->tcp_flags = 0; /* tcp_flags .. ct_flags, _pad */
 	if ((void *)(eth + 1) > data_end)
 		return PARSE_ERROR;
 	proto = eth->h_proto;

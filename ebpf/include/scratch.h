@@ -17,9 +17,9 @@
 #define TCLAB_HTTP_COPY 768
 #define TCLAB_HTTP_SCAN 640
 #define TCLAB_HTTP_MAX_LINES 64
-/* Scan buffer: 1 byte of virtual line start + copy + zero padding, rounded
- * to a power of two so that `pos & TCLAB_POS_MASK` plus a constant below
- * 1024 always stays inside (what the verifier needs to see). */
+/* Scan buffer: 1 byte of virtual line start + copy + zero padding; its
+ * size leaves room for `pos & TCLAB_POS_MASK` plus a constant below 1024,
+ * which is what the verifier needs to see for every access. */
 #define TCLAB_SCAN_BUF 2048
 #define TCLAB_POS_MASK 1023
 #define TCLAB_SCAN_PAD 256
@@ -43,6 +43,8 @@ struct pkt_info {
 	__u8 ct_status;          /* enum ct_status */
 	__u8 ct_reverse;         /* CT key is rtuple (status CT_REPLY) */
 	__u8 ct_found;           /* an entry exists (found or inserted) */
+	__u8 ct_flags;           /* entry flags after this packet's update */
+	__u8 _pad[3];
 };
 
 /* Positions found by the HTTP line scan, in scan-buffer coordinates
@@ -59,13 +61,19 @@ struct http_scan {
 	__u8 head[16];           /* first payload bytes, zero-padded */
 };
 
+/* The HTTP scan buffer is http.payload[] followed by scan_rest[]: the
+ * payload is copied once, straight to where the event carries it. Its
+ * byte 0 (the virtual line start) is http.tracestate[127], which is
+ * written after the scan (see http.h). */
 struct tclab_scratch {
 	struct pkt_info pkt;
 	struct http_scan scan;
-	struct http_event http;
 	struct conn_event conn;
-	__u8 buf[TCLAB_SCAN_BUF];
+	struct http_event http; /* must stay right before scan_rest */
+	__u8 scan_rest[TCLAB_SCAN_BUF - TCLAB_PAYLOAD_CAPTURE];
 };
+
+#define SCAN_BUF(s) ((s)->http.payload - 1)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -80,3 +88,10 @@ static __always_inline struct tclab_scratch *scratch_get(void)
 
 	return bpf_map_lookup_elem(&tclab_scratch, &zero);
 }
+
+_Static_assert(__builtin_offsetof(struct pkt_info, tcp_flags) % 8 == 0 &&
+		       sizeof(struct pkt_info) - __builtin_offsetof(struct pkt_info, tcp_flags) == 8,
+	       "parse_packet clears tcp_flags.._pad as one u64");
+_Static_assert(__builtin_offsetof(struct tclab_scratch, scan_rest) ==
+		       __builtin_offsetof(struct tclab_scratch, http) + sizeof(struct http_event),
+	       "the scan buffer runs from http.payload into scan_rest");
