@@ -244,3 +244,24 @@ fn lockdown_file_selected_mode() {
     assert_eq!(selected_lockdown("[none] integrity confidentiality"), Some("none"));
     assert_eq!(selected_lockdown("none integrity"), None);
 }
+
+#[test]
+fn strip_unmapped_keeps_a_runnable_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().expect("exe");
+    let bytes = std::fs::read(&exe).expect("read exe");
+    let Some(stripped) = tclab_lab::vm::strip::strip_unmapped(&bytes) else {
+        panic!("a debug test binary has unmapped debug sections to cut");
+    };
+    assert!(stripped.len() < bytes.len() / 2, "{} -> {}", bytes.len(), stripped.len());
+    assert_eq!(&stripped[..0x28], &bytes[..0x28], "header up to e_shoff unchanged");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("stripped");
+    std::fs::write(&path, &stripped).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = std::process::Command::new(&path).args(["--list", "strip_unmapped"]).output().expect("run stripped binary");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("strip_unmapped_keeps_a_runnable_executable: test"));
+    assert!(tclab_lab::vm::strip::strip_unmapped(&stripped).is_none(), "nothing left to cut");
+    assert!(tclab_lab::vm::strip::strip_unmapped(b"#!/bin/sh\n").is_none());
+}

@@ -39,7 +39,8 @@ pub fn base_archive(init_exe: &Path, kernel: &CachedKernel) -> Result<Vec<u8>, V
     // anything is mounted: the node must be in the archive.
     cpio.append_char_device("/dev/console", 0o600, 5, 1)?;
     cpio.append_char_device("/dev/null", 0o666, 1, 3)?;
-    cpio.append_file("/init", 0o755, &read(init_exe)?)?;
+    let exe = read(init_exe)?;
+    cpio.append_file("/init", 0o755, &super::strip::strip_unmapped(&exe).unwrap_or(exe))?;
     for lib in elfdeps::shared_libraries(init_exe)? {
         // Same path as on the host; symlinks are followed by the read.
         cpio.append_file(&lib.to_string_lossy(), 0o755, &read(&lib)?)?;
@@ -48,6 +49,44 @@ pub fn base_archive(init_exe: &Path, kernel: &CachedKernel) -> Result<Vec<u8>, V
         cpio.append_file(&format!("{MODULES_DIR}/{name}.ko"), 0o644, &read(&host)?)?;
     }
     Ok(cpio.finish()?)
+}
+
+/// A base archive on disk, shared by the cells of one kernel and init.
+/// Its temporary folder goes away when the last user drops it.
+#[derive(Debug)]
+pub struct BaseImage {
+    _dir: tempfile::TempDir,
+    /// The archive file.
+    pub path: PathBuf,
+}
+
+/// Write [`base_archive`] to a temporary file.
+pub fn write_base(init_exe: &Path, kernel: &CachedKernel) -> Result<BaseImage, VmError> {
+    let dir = tempfile::Builder::new()
+        .prefix("tclab-initrd-")
+        .tempdir()
+        .map_err(|source| VmError::Io { op: "create a temporary folder in", path: std::env::temp_dir(), source })?;
+    let path = dir.path().join("base.cpio");
+    let bytes = base_archive(init_exe, kernel)?;
+    std::fs::write(&path, bytes).map_err(|source| VmError::Io { op: "write", path: path.clone(), source })?;
+    Ok(BaseImage { _dir: dir, path })
+}
+
+/// `out` = the base archive, then the per-run archive (the kernel unpacks
+/// both; the base is a multiple of 4 bytes, so the second starts aligned).
+pub fn write_cell_initrd(base: &BaseImage, run: &[u8], out: &Path) -> Result<(), VmError> {
+    use std::io::Write;
+    // copy_file_range: no round trip of the (large) base through userspace.
+    std::fs::copy(&base.path, out).map_err(|source| VmError::Io { op: "copy the base initramfs to", path: out.to_owned(), source })?;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(out)
+        .map_err(|source| VmError::Io { op: "open", path: out.to_owned(), source })?;
+    let len = file.metadata().map_err(|source| VmError::Io { op: "stat", path: out.to_owned(), source })?.len();
+    let pad = vec![0u8; usize::try_from((4 - len % 4) % 4).unwrap_or(0)];
+    file.write_all(&pad)
+        .and_then(|()| file.write_all(run))
+        .map_err(|source| VmError::Io { op: "append the run archive to", path: out.to_owned(), source })
 }
 
 /// The request and the payload.

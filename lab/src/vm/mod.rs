@@ -12,6 +12,7 @@ pub mod cpio;
 pub mod elfdeps;
 pub mod initramfs;
 pub mod qemu;
+pub mod strip;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -176,25 +177,35 @@ impl CellOutcome {
     }
 }
 
-/// Boot one cell and collect its records.
-pub fn run_cell(spec: &CellSpec) -> Result<CellOutcome, VmError> {
-    let init = match &spec.init {
-        Some(i) => i.clone(),
-        None => InitSpec {
+fn init_of(spec: &CellSpec) -> Result<InitSpec, VmError> {
+    match &spec.init {
+        Some(i) => Ok(i.clone()),
+        None => Ok(InitSpec {
             exe: std::env::current_exe().map_err(|source| VmError::Io {
                 op: "find the running executable",
                 path: PathBuf::from("/proc/self/exe"),
                 source,
             })?,
             args: Vec::new(),
-        },
-    };
+        }),
+    }
+}
+
+/// Boot one cell and collect its records.
+pub fn run_cell(spec: &CellSpec) -> Result<CellOutcome, VmError> {
+    let base = initramfs::write_base(&init_of(spec)?.exe, &spec.kernel)?;
+    run_cell_on(spec, &base)
+}
+
+/// [`run_cell`] with a base archive already written (shared between cells).
+pub fn run_cell_on(spec: &CellSpec, base: &initramfs::BaseImage) -> Result<CellOutcome, VmError> {
+    let init = init_of(spec)?;
     let dir = tempfile::Builder::new()
         .prefix("tclab-vm-")
         .tempdir()
         .map_err(|source| VmError::Io { op: "create a temporary folder in", path: std::env::temp_dir(), source })?;
     let initrd = dir.path().join("initrd.cpio");
-    write_initrd(spec, &init.exe, &initrd)?;
+    write_initrd(spec, base, &initrd)?;
     let cmdline = qemu::cmdline(spec.lockdown.as_str(), &init.args);
     let machines: Vec<Machine> = match spec.machine {
         Some(m) => vec![m],
@@ -236,7 +247,7 @@ fn kernel_for(k: &CachedKernel, machine: Machine) -> Result<PathBuf, VmError> {
     }
 }
 
-fn write_initrd(spec: &CellSpec, init_exe: &Path, out: &Path) -> Result<(), VmError> {
+fn write_initrd(spec: &CellSpec, base: &initramfs::BaseImage, out: &Path) -> Result<(), VmError> {
     let request = GuestRequest {
         kernel: spec.kernel.info.name.clone(),
         lockdown: spec.lockdown,
@@ -245,10 +256,8 @@ fn write_initrd(spec: &CellSpec, init_exe: &Path, out: &Path) -> Result<(), VmEr
         work: spec.work.clone(),
         debug_hang: spec.debug_hang,
     };
-    let base = initramfs::base_archive(init_exe, &spec.kernel)?;
     let run = initramfs::run_archive(&request, &spec.payload)?;
-    let bytes = cpio::concat(&[&base, &run]);
-    std::fs::write(out, bytes).map_err(|source| VmError::Io { op: "write", path: out.to_owned(), source })
+    initramfs::write_cell_initrd(base, &run, out)
 }
 
 fn boot(spec: &CellSpec, config: &qemu::QemuConfig) -> Result<CellOutcome, VmError> {
@@ -274,11 +283,29 @@ fn boot(spec: &CellSpec, config: &qemu::QemuConfig) -> Result<CellOutcome, VmErr
     })
 }
 
+/// Base archives by (init executable, kernel folder), built on first use.
+type BaseCache = std::sync::Mutex<std::collections::HashMap<(PathBuf, PathBuf), std::sync::Arc<initramfs::BaseImage>>>;
+
+fn cached_base(cache: &BaseCache, spec: &CellSpec) -> Result<std::sync::Arc<initramfs::BaseImage>, VmError> {
+    let exe = init_of(spec)?.exe;
+    let key = (exe.clone(), spec.kernel.dir.clone());
+    // Held while building: cells of one kernel wait for one build, not N.
+    let mut map = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(base) = map.get(&key) {
+        return Ok(base.clone());
+    }
+    let base = std::sync::Arc::new(initramfs::write_base(&exe, &spec.kernel)?);
+    map.insert(key, base.clone());
+    Ok(base)
+}
+
 /// Run cells, up to `jobs` at a time (each VM takes about one core).
-/// Results come back in the order of `specs`.
+/// Cells sharing a kernel share one base archive. Results come back in the
+/// order of `specs`.
 pub fn run_cells(specs: &[CellSpec], jobs: usize) -> Vec<Result<CellOutcome, VmError>> {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    let bases: BaseCache = Mutex::default();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<CellOutcome, VmError>>>> =
         Mutex::new((0..specs.len()).map(|_| None).collect());
@@ -288,7 +315,7 @@ pub fn run_cells(specs: &[CellSpec], jobs: usize) -> Vec<Result<CellOutcome, VmE
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(spec) = specs.get(i) else { break };
-                    let r = run_cell(spec);
+                    let r = cached_base(&bases, spec).and_then(|base| run_cell_on(spec, &base));
                     if let Ok(mut all) = results.lock() {
                         all[i] = Some(r);
                     }
