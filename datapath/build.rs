@@ -26,6 +26,8 @@ fn main() {
 
     println!("cargo:rerun-if-changed={}", ebpf.display());
     println!("cargo:rerun-if-changed={}", ebpf.join("include").display());
+    println!("cargo:rerun-if-changed={}", ebpf.join("objects.rs").display());
+    println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed={}", objects::CLANG_ENV);
     println!("cargo:rerun-if-env-changed={UPDATE_ENV}");
     println!("cargo:rerun-if-env-changed=PATH");
@@ -79,7 +81,7 @@ fn report_difference(fresh: &Path, committed: &Path, name: &str, update: bool) {
         println!("cargo:warning=updated ebpf/prebuilt/{name}: commit it with its sources");
     } else {
         println!(
-            "cargo:warning=ebpf/prebuilt/{name} differs from a fresh build; refresh it with {UPDATE_ENV}=1 cargo build -p tclab-datapath"
+            "cargo:warning=ebpf/prebuilt/{name} is missing or differs from a fresh build; refresh it with {UPDATE_ENV}=1 cargo build -p tclab-datapath"
         );
     }
 }

@@ -23,6 +23,8 @@ pub mod objects {
     pub static DATAPATH_PERF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath_perf.o"));
     /// The lab's chain programs: `tclab_verdict`, `tclab_empty`.
     pub static TESTPROGS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/testprogs.o"));
+    /// Cilium-like chain programs (`cil_from_netdev`, …, `acme_tc_filter`).
+    pub static CILIUMLIKE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ciliumlike.o"));
 }
 
 /// Ingress classifier name (also its name in the kernel).
@@ -434,4 +436,139 @@ pub fn empty_classifier() -> Result<EmptyClassifier, LoadError> {
         .map_err(|source| LoadError::Object { object: OBJECT, source: Box::new(source) })?;
     load_classifier(&mut ebpf, OBJECT, PROG_EMPTY)?;
     Ok(EmptyClassifier { ebpf })
+}
+
+/// The programs of `ciliumlike.o`: Cilium's TC program names, and one from
+/// "another vendor".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CilProgram {
+    FromNetdev,
+    ToNetdev,
+    FromContainer,
+    ToContainer,
+    OtherVendor,
+}
+
+impl CilProgram {
+    pub const ALL: [CilProgram; 5] = [
+        CilProgram::FromNetdev,
+        CilProgram::ToNetdev,
+        CilProgram::FromContainer,
+        CilProgram::ToContainer,
+        CilProgram::OtherVendor,
+    ];
+
+    /// The program's name in the object and in the kernel.
+    pub fn name(self) -> &'static str {
+        match self {
+            CilProgram::FromNetdev => "cil_from_netdev",
+            CilProgram::ToNetdev => "cil_to_netdev",
+            CilProgram::FromContainer => "cil_from_container",
+            CilProgram::ToContainer => "cil_to_container",
+            CilProgram::OtherVendor => "acme_tc_filter",
+        }
+    }
+}
+
+/// What a Cilium-like program does with every packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CilAction {
+    /// TC_ACT_OK: accept, end the chain.
+    Ok,
+    /// TC_ACT_UNSPEC / TCX_NEXT.
+    Unspec,
+    /// TC_ACT_SHOT.
+    Drop,
+    /// `bpf_redirect(ifindex, 0)` (TC_ACT_REDIRECT).
+    Redirect { ifindex: u32 },
+    /// IPv4 TCP/UDP to `service` is rewritten to `backend` (and the backend's
+    /// replies back to `service`), checksums updated; other packets are
+    /// untouched and get TC_ACT_UNSPEC. `then` is the verdict after a rewrite.
+    Dnat { service: std::net::SocketAddrV4, backend: std::net::SocketAddrV4, then: Verdict },
+}
+
+/// Load-time constants of `ciliumlike.o`.
+pub const GLOBAL_CIL_ACTION: &str = "tclab_cil_action";
+pub const GLOBAL_CIL_IFINDEX: &str = "tclab_cil_ifindex";
+pub const GLOBAL_CIL_NAT_VERDICT: &str = "tclab_cil_nat_verdict";
+pub const GLOBAL_CIL_SVC_ADDR: &str = "tclab_cil_svc_addr";
+pub const GLOBAL_CIL_SVC_PORT: &str = "tclab_cil_svc_port";
+pub const GLOBAL_CIL_BACKEND_ADDR: &str = "tclab_cil_backend_addr";
+pub const GLOBAL_CIL_BACKEND_PORT: &str = "tclab_cil_backend_port";
+/// Per-CPU counters of `ciliumlike.o`.
+pub const MAP_CIL_STATS: &str = "tclab_cil_stats";
+
+/// Counters of a [`CiliumLikeProgram`], summed over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CilStats {
+    pub packets: u64,
+    pub dnat: u64,
+    pub reverse_nat: u64,
+    pub rewrite_failed: u64,
+}
+
+/// One program of `ciliumlike.o` loaded with one behaviour.
+pub struct CiliumLikeProgram {
+    ebpf: Ebpf,
+    program: CilProgram,
+    action: CilAction,
+}
+
+impl CiliumLikeProgram {
+    pub fn load(program: CilProgram, action: CilAction) -> Result<CiliumLikeProgram, LoadError> {
+        const OBJECT: &str = "ciliumlike.o";
+        let (code, ifindex, nat_verdict): (u32, u32, i32) = match action {
+            CilAction::Ok => (0, 0, TC_ACT_UNSPEC),
+            CilAction::Unspec => (1, 0, TC_ACT_UNSPEC),
+            CilAction::Drop => (2, 0, TC_ACT_UNSPEC),
+            CilAction::Redirect { ifindex } => (3, ifindex, TC_ACT_UNSPEC),
+            CilAction::Dnat { then, .. } => (4, 0, then.tc_action()),
+        };
+        let (svc, backend) = match action {
+            CilAction::Dnat { service, backend, .. } => (service, backend),
+            _ => (std::net::SocketAddrV4::new(0.into(), 0), std::net::SocketAddrV4::new(0.into(), 0)),
+        };
+        // network byte order in memory, as the program compares with the wire
+        let svc_addr = u32::from_ne_bytes(svc.ip().octets());
+        let svc_port = svc.port().to_be();
+        let be_addr = u32::from_ne_bytes(backend.ip().octets());
+        let be_port = backend.port().to_be();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_CIL_ACTION, &code, true)
+            .override_global(GLOBAL_CIL_IFINDEX, &ifindex, true)
+            .override_global(GLOBAL_CIL_NAT_VERDICT, &nat_verdict, true)
+            .override_global(GLOBAL_CIL_SVC_ADDR, &svc_addr, true)
+            .override_global(GLOBAL_CIL_SVC_PORT, &svc_port, true)
+            .override_global(GLOBAL_CIL_BACKEND_ADDR, &be_addr, true)
+            .override_global(GLOBAL_CIL_BACKEND_PORT, &be_port, true)
+            .load(objects::CILIUMLIKE)
+            .map_err(|source| LoadError::Object { object: OBJECT, source: Box::new(source) })?;
+        load_classifier(&mut ebpf, OBJECT, program.name())?;
+        Ok(CiliumLikeProgram { ebpf, program, action })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.program.name()
+    }
+
+    pub fn action(&self) -> CilAction {
+        self.action
+    }
+
+    pub fn program_mut(&mut self) -> &mut SchedClassifier {
+        classifier_mut(&mut self.ebpf, self.program.name())
+    }
+
+    pub fn program(&self) -> &SchedClassifier {
+        classifier(&self.ebpf, self.program.name())
+    }
+
+    pub fn stats(&self) -> Result<CilStats, MapError> {
+        Ok(CilStats {
+            packets: percpu_sum(&self.ebpf, MAP_CIL_STATS, 0)?,
+            dnat: percpu_sum(&self.ebpf, MAP_CIL_STATS, 1)?,
+            reverse_nat: percpu_sum(&self.ebpf, MAP_CIL_STATS, 2)?,
+            rewrite_failed: percpu_sum(&self.ebpf, MAP_CIL_STATS, 3)?,
+        })
+    }
 }

@@ -1,7 +1,10 @@
 //! Every embedded object loads and passes the verifier on this kernel.
 
+use std::net::SocketAddrV4;
+
 use tclab_datapath::loader::{
-    CtMapKind, Datapath, DatapathConfig, EventTransport, Hook, TestProgram, Verdict, empty_classifier,
+    CilAction, CilProgram, CiliumLikeProgram, CtMapKind, Datapath, DatapathConfig, EventTransport, Hook,
+    TestProgram, Verdict, empty_classifier,
 };
 
 /// The target of the brief: every program under a quarter of the 1M limit.
@@ -42,4 +45,24 @@ fn test_programs_load() {
     }
     let e = empty_classifier().expect("load tclab_empty");
     assert_eq!(e.name(), "tclab_empty");
+}
+
+#[test]
+fn cilium_like_programs_load_within_verifier_budget() {
+    if !tclab_net::require::root("cilium_like_programs_load_within_verifier_budget") {
+        return;
+    }
+    let dnat = CilAction::Dnat {
+        service: SocketAddrV4::new([10, 96, 0, 10].into(), 80),
+        backend: SocketAddrV4::new([10, 244, 0, 5].into(), 8080),
+        then: Verdict::Unspec,
+    };
+    for prog in CilProgram::ALL {
+        let p = CiliumLikeProgram::load(prog, dnat).unwrap_or_else(|e| panic!("load {prog:?}: {e}"));
+        let insns = p.program().info().expect("program info").verified_instruction_count();
+        eprintln!("ciliumlike.o {}: verifier processed {insns:?} instructions", p.name());
+        if let Some(n) = insns {
+            assert!(n < VERIFIER_BUDGET, "{}: {n}", p.name());
+        }
+    }
 }

@@ -216,6 +216,14 @@ pub fn with_ipv4_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
     out[14] = 0x40 | ihl;
     let tot = u16::from_be_bytes([out[16], out[17]]) + options.len() as u16;
     out[16..18].copy_from_slice(&tot.to_be_bytes());
+    // header checksum over the longer header (the L4 pseudo header is unchanged)
+    let hdr_len = usize::from(ihl) * 4;
+    out[24..26].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = out[14..14 + hdr_len].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    out[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
     out
 }
 
