@@ -249,3 +249,38 @@ fn a_complete_request_does_not_set_pending() {
     send(&mut h, b"GET / HTTP/1.1\r\ntraceparent: 00-bad\r\n");
     assert!(!pending(&h));
 }
+
+#[test]
+fn http_over_ipv6_with_extension_headers_and_over_vlan() {
+    let Some(mut h) = harness("http_over_ipv6_with_extension_headers_and_over_vlan") else { return };
+    let req = request("GET", "/v6", &[&format!("traceparent: {TP}")]);
+    let (c6, s6) = (sa("[fd00::1]:43000"), sa("[fd00::2]:8080"));
+    let v6 = with_ipv6_ext(&tcp(c6, s6, TCP_ACK | TCP_PSH, &req), &[(0, vec![1, 4, 0, 0, 0, 0]), (60, vec![])]);
+    h.egress(&v6);
+    let tagged = tcp_vlan(client(), server(), TCP_ACK | TCP_PSH, &req, Some(100));
+    h.egress(&tagged);
+    let events = h.http_events();
+    assert_eq!(events.len(), 2);
+    for (e, tuple) in events.iter().zip([CtTuple::new(c6, s6, 6), CtTuple::new(client(), server(), 6)]) {
+        assert_eq!(e.hdr.tuple, tuple);
+        assert_eq!(e.payload(), &req[..], "payload found after the headers");
+        assert_eq!(e.traceparent().unwrap(), TP.as_bytes());
+    }
+}
+
+#[test]
+fn a_full_ring_buffer_is_counted_as_lost_events() {
+    let Some(mut h) = harness("a_full_ring_buffer_is_counted_as_lost_events") else { return };
+    let req = request("GET", "/flood", &[]);
+    const SENT: u64 = 800; // 800 * 520 bytes > the 256 KiB ring
+    for _ in 0..SENT {
+        h.egress(&tcp(client(), server(), TCP_ACK | TCP_PSH, &req));
+    }
+    let received = h.events().len() as u64;
+    let lost = h.counter(Counter::EventsLost);
+    assert!(lost > 0, "the ring buffer overflowed");
+    assert_eq!(received + lost, SENT + 1, "every event is received or counted lost (+1 EV_CONN_OPEN)");
+    // the ring drains and events flow again
+    send(&mut h, &req);
+    assert_eq!(h.counter(Counter::EventsLost), lost);
+}

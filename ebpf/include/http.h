@@ -154,10 +154,14 @@ static __always_inline __u32 http_copy(struct __sk_buff *skb, struct tclab_scrat
 	struct pkt_info *pkt = &s->pkt;
 	__u32 n = pkt->payload_len;
 
+	if (n == 0)
+		return 0;
 	if (n > TCLAB_HTTP_COPY)
 		n = TCLAB_HTTP_COPY;
-	n &= TCLAB_POS_MASK;
-	if (n == 0 || bpf_skb_load_bytes(skb, pkt->payload_off, SCAN_BUF(s) + 1, n))
+	/* 1..1024 by arithmetic: older verifiers (5.10) do not learn n >= 1
+	 * from a `n != 0` test, and the helper's size must not be 0 */
+	n = ((n - 1) & TCLAB_POS_MASK) + 1;
+	if (bpf_skb_load_bytes(skb, pkt->payload_off, SCAN_BUF(s) + 1, n))
 		return 0;
 	SCAN_BUF(s)[0] = kind == HTTP_CONTINUATION ? '\n' : 0; /* = tracestate[127] */
 	/* zero padding: matches, value checks and captures never see the
@@ -210,7 +214,7 @@ static __always_inline int http_kind_of(struct __sk_buff *skb, struct tclab_scra
 	SCAN_SET(sc->copied, 0);
 	*(__u64 *)&sc->head[0] = 0;
 	*(__u64 *)&sc->head[8] = 0;
-	if (n == 0 || bpf_skb_load_bytes(skb, pkt->payload_off, sc->head, n & 31))
+	if (n == 0 || bpf_skb_load_bytes(skb, pkt->payload_off, sc->head, ((n - 1) & 15) + 1))
 		return HTTP_NONE;
 	kind = http_classify(sc->head);
 	if (kind == HTTP_NONE && (pkt->ct_flags & CT_F_HTTP_PENDING))
