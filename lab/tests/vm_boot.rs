@@ -140,7 +140,7 @@ fn vm_cancel_flag_kills_the_vm_promptly() {
     let mut s = spec(k, LockdownMode::None, dir.path());
     s.debug_hang = Some(HangMode::Busy);
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    s.cancel = Some(flag.clone());
+    s.cancel = Some(vm::Cancel::flag(flag.clone()));
     let setter = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(4));
         flag.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -164,4 +164,46 @@ fn vm_watchdog_kills_a_silent_guest_after_the_silence_timeout() {
     assert_eq!(f.kind, FailureKind::Silent, "{f}");
     assert!(o.durations.total < Duration::from_secs(40), "{:?}", o.durations);
     assert!(f.log.iter().any(|l| l.contains("hanging on request")), "console tail: {:?}", f.log);
+}
+
+#[test]
+fn vm_kernel_panic_on_the_console_fails_the_cell_with_the_panic_lines() {
+    let Some(k) = kernel("vm_kernel_panic", "6.1") else { return };
+    let dir = payload();
+    let mut s = spec(k, LockdownMode::None, dir.path());
+    s.debug_hang = Some(HangMode::ExitInit);
+    let o = vm::run_cell(&s).expect("cell runs");
+    let f = o.failure.expect("a panicked kernel fails the cell");
+    assert_eq!(f.kind, FailureKind::KernelTrouble, "{f}");
+    assert!(f.message.contains("kernel panic"), "{f}");
+    assert!(f.log.iter().any(|l| l.contains("Kernel panic - not syncing")), "{:?}", f.log);
+}
+
+#[test]
+fn vm_q35_with_bzimage_boots_too() {
+    let Some(k) = kernel("vm_q35", "5.10") else { return };
+    let dir = payload();
+    let mut s = spec(k, LockdownMode::None, dir.path());
+    s.machine = Some(vm::Machine::Q35);
+    s.probe = false;
+    let o = vm::run_cell(&s).expect("cell runs");
+    assert!(o.ok(), "{}", o.failure.as_ref().map(|f| f.to_string()).unwrap_or_default());
+    assert_eq!(o.machine, vm::Machine::Q35);
+    eprintln!("q35 5.10: first record {:?}, total {:?}", o.durations.boot_to_first_record, o.durations.total);
+}
+
+#[test]
+fn vm_lockdown_mismatch_fails_the_cell() {
+    let Some(k) = kernel("vm_lockdown_mismatch", "6.12") else { return };
+    let dir = payload();
+    let mut s = spec(k, LockdownMode::Integrity, dir.path());
+    // Lockdown only ever tightens: the second parameter wins.
+    s.extra_cmdline = vec!["lockdown=confidentiality".into()];
+    s.probe = false;
+    let o = vm::run_cell(&s).expect("cell runs");
+    let f = o.failure.clone().expect("a mismatched lockdown fails the cell");
+    assert_eq!(f.kind, FailureKind::Guest, "{f}");
+    assert!(f.message.contains("booted with lockdown=integrity") && f.message.contains("[confidentiality]"), "{f}");
+    assert_eq!(lockdown_record(&o).1, "confidentiality");
+    assert!(o.results().next().is_some(), "the work still ran and reported");
 }

@@ -222,7 +222,7 @@ fn qemu_argv_and_cmdline() {
     let c = qemu::QemuConfig {
         kernel: "/k/vmlinux".into(),
         initrd: "/k/initrd".into(),
-        cmdline: qemu::cmdline("integrity", &["t".into(), "--exact".into()]),
+        cmdline: qemu::cmdline("integrity", &["loglevel=7".into()], &["t".into(), "--exact".into()]),
         machine: qemu::Machine::Microvm,
         accel: qemu::Accel::Tcg,
         memory_mib: 512,
@@ -233,9 +233,9 @@ fn qemu_argv_and_cmdline() {
     for want in ["-nodefaults", "-machine microvm,acpi=off", "-accel tcg", "-m 512", "-smp 1", "-serial stdio", "-kernel /k/vmlinux", "-no-reboot"] {
         assert!(joined.contains(want), "{want} missing from {joined}");
     }
-    assert!(c.cmdline.contains("lockdown=integrity") && c.cmdline.ends_with(" -- t --exact"), "{}", c.cmdline);
+    assert!(c.cmdline.contains("lockdown=integrity loglevel=7 -- t --exact"), "{}", c.cmdline);
     assert!(c.cmdline.contains("reboot=t") && c.cmdline.contains("panic=-1") && c.cmdline.contains("console=ttyS0"));
-    assert!(!qemu::cmdline("none", &[]).contains("lockdown="), "lockdown=none is not a kernel value");
+    assert!(!qemu::cmdline("none", &[], &[]).contains("lockdown="), "lockdown=none is not a kernel value");
 }
 
 #[test]

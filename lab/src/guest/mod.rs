@@ -186,6 +186,10 @@ fn start_heartbeat(quiet: Arc<AtomicBool>) {
 }
 
 fn hang(mode: HangMode, quiet: &AtomicBool) -> ! {
+    if mode == HangMode::ExitInit {
+        eprintln!("tclab init: exiting on request; the kernel will panic");
+        std::process::exit(1);
+    }
     if mode == HangMode::Silent {
         quiet.store(true, Ordering::Relaxed);
     }

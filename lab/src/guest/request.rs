@@ -55,7 +55,7 @@ impl FromStr for LockdownMode {
     }
 }
 
-/// Make the guest hang, to test the host's watchdog.
+/// Make the guest misbehave, to test the host's watchdog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HangMode {
@@ -64,6 +64,8 @@ pub enum HangMode {
     Busy,
     /// Stop writing anything: the silence timeout ends it.
     Silent,
+    /// Exit init, which panics the kernel: the console marker ends it.
+    ExitInit,
 }
 
 /// The guest's instructions.

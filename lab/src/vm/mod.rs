@@ -98,9 +98,38 @@ pub struct CellSpec {
     pub machine: Option<Machine>,
     /// Testing the watchdog only.
     pub debug_hang: Option<HangMode>,
-    /// When it becomes true (e.g. set by a SIGINT handler) the VM is killed
-    /// and the cell fails as cancelled; checked every 200 ms.
-    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Extra kernel parameters appended to the lab's (e.g. `loglevel=7`).
+    pub extra_cmdline: Vec<String>,
+    /// Asked every 200 ms; when it says yes (e.g. after Ctrl-C) the VM is
+    /// killed and the cell fails as cancelled.
+    pub cancel: Option<Cancel>,
+}
+
+/// A cancellation check shared by cells.
+#[derive(Clone)]
+pub struct Cancel(std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl Cancel {
+    /// Cancelled when `flag` is set.
+    pub fn flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Cancel {
+        Cancel(std::sync::Arc::new(move || flag.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+
+    /// Cancelled when `check` returns true, e.g. `Cancel::when(tclab_lab::interrupt::requested)`.
+    pub fn when(check: fn() -> bool) -> Cancel {
+        Cancel(std::sync::Arc::new(check))
+    }
+
+    /// Has cancellation been requested?
+    pub fn requested(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cancel(requested: {})", self.requested())
+    }
 }
 
 impl CellSpec {
@@ -117,6 +146,7 @@ impl CellSpec {
             init: None,
             machine: None,
             debug_hang: None,
+            extra_cmdline: Vec::new(),
             cancel: None,
         }
     }
@@ -206,7 +236,7 @@ pub fn run_cell_on(spec: &CellSpec, base: &initramfs::BaseImage) -> Result<CellO
         .map_err(|source| VmError::Io { op: "create a temporary folder in", path: std::env::temp_dir(), source })?;
     let initrd = dir.path().join("initrd.cpio");
     write_initrd(spec, base, &initrd)?;
-    let cmdline = qemu::cmdline(spec.lockdown.as_str(), &init.args);
+    let cmdline = qemu::cmdline(spec.lockdown.as_str(), &spec.extra_cmdline, &init.args);
     let machines: Vec<Machine> = match spec.machine {
         Some(m) => vec![m],
         None => vec![Machine::Microvm, Machine::Q35],

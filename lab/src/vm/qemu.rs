@@ -163,7 +163,7 @@ pub fn argv(c: &QemuConfig) -> Vec<OsString> {
 }
 
 /// The kernel command line for a cell.
-pub fn cmdline(lockdown: &str, init_args: &[String]) -> String {
+pub fn cmdline(lockdown: &str, extra: &[String], init_args: &[String]) -> String {
     let mut parts = vec![
         // The 8250 UART QEMU connects to stdio.
         "console=ttyS0".to_owned(),
@@ -182,6 +182,7 @@ pub fn cmdline(lockdown: &str, init_args: &[String]) -> String {
     if lockdown != "none" {
         parts.push(format!("lockdown={lockdown}"));
     }
+    parts.extend(extra.iter().cloned());
     if !init_args.is_empty() {
         // Everything after `--` goes to init's argv.
         parts.push("--".to_owned());

@@ -96,7 +96,7 @@ pub(super) fn watch(child: &mut QemuChild, spec: &CellSpec, started: Instant) ->
             w.failure = Some(CellFailure { kind, message, log: tail(&w.console, 30) });
             break;
         }
-        if spec.cancel.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        if spec.cancel.as_ref().is_some_and(|c| c.requested()) {
             let message = "cancelled; VM killed".to_owned();
             w.failure = Some(CellFailure { kind: FailureKind::Cancelled, message, log: tail(&w.console, 10) });
             break;
