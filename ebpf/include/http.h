@@ -80,13 +80,22 @@ static __always_inline int http_classify(const __u8 *head)
 #define SCAN_GET(field) (*(volatile __u32 *)&(field))
 #define SCAN_SET(field, v) (*(volatile __u32 *)&(field) = (v))
 
+/* Record one line start at pos when `has` is 1 (branch-free: the store
+ * always happens, to the next free slot or to the sink slots past
+ * TCLAB_HTTP_MAX_LINES, and only the count moves). */
+static __always_inline __u64 __http_line_start(struct http_scan *sc, __u64 n, __u64 pos, __u64 has)
+{
+	sc->lines[n & (2 * TCLAB_HTTP_MAX_LINES - 1)] = pos;
+	return n + (has & ((n - TCLAB_HTTP_MAX_LINES) >> 63));
+}
+
 /* Record the position after every LF in the first TCLAB_HTTP_SCAN bytes,
  * eight bytes at a time: a word without LF (most) costs a few
- * instructions; in a word with LF every byte is handled branch-free (the
- * store always happens, to the next free slot or to the sink slots past
- * TCLAB_HTTP_MAX_LINES, and only the count moves). The count lives in map
- * memory between words so that the loop's exits all look alike to the
- * verifier. */
+ * instructions; in a word with LF the first two are recorded branch-free.
+ * A third LF within 8 bytes means lines of at most two characters, which a
+ * header block cannot have before its end (the blank line is the second
+ * LF of "\r\n\r\n"). The count lives in map memory between words so that
+ * the loop's exits all look alike to the verifier. */
 static __always_inline void http_scan_lines(struct tclab_scratch *s)
 {
 	struct http_scan *sc = &s->scan;
@@ -96,20 +105,18 @@ static __always_inline void http_scan_lines(struct tclab_scratch *s)
 #pragma clang loop unroll(disable)
 	for (w = 0; w < TCLAB_HTTP_SCAN / 8; w++) {
 		__u32 base = w * 8;
-		__u64 nl, n;
-		int b;
+		__u64 nl, nl2, n;
 
 		if (base >= limit)
 			break;
 		nl = swar_eq(swar_load(SCAN_BUF(s) + base), '\n');
 		if (!nl)
 			continue;
+		nl2 = nl & (nl - 1); /* without the first LF */
 		n = SCAN_GET(sc->nlines);
-#pragma unroll
-		for (b = 0; b < 8; b++) {
-			sc->lines[n & (2 * TCLAB_HTTP_MAX_LINES - 1)] = base + b + 1;
-			n += ((nl >> (8 * b + 7)) & 1) & ((n - TCLAB_HTTP_MAX_LINES) >> 63);
-		}
+		n = __http_line_start(sc, n, base + 1 + swar_leading(~nl & SWAR_HIGH), 1);
+		n = __http_line_start(sc, n, base + 1 + swar_leading(~nl2 & SWAR_HIGH),
+				      1 ^ bf_is_zero(nl2 >> 7));
 		SCAN_SET(sc->nlines, n);
 	}
 }
