@@ -27,6 +27,7 @@ pub fn sa(s: &str) -> SocketAddr {
 
 /// A decoded ring buffer event.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant, reason = "test helper: events are few and short-lived")]
 pub enum Event {
     Http(HttpEvent),
     Conn(ConnEvent),
