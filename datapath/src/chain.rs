@@ -100,6 +100,9 @@ pub struct ChainEntry {
     pub priority: Option<u16>,
     /// Netlink handle.
     pub handle: Option<u32>,
+    /// Netlink filter name given at attach time (`TCA_BPF_NAME`), which can
+    /// differ from the program's name.
+    pub filter_name: Option<String>,
     /// One of the ids passed as ours.
     pub ours: bool,
     /// Runs before our first program on this hook.
@@ -146,7 +149,7 @@ fn program_names() -> HashMap<u32, String> {
 
 fn hook_chain(iface: &str, ifindex: u32, hook: Direction, ours: &[u32]) -> Result<Vec<ChainEntry>, ChainError> {
     let mut out = Vec::new();
-    let mut push = |api, name: String, prog_id: Option<u32>, priority, handle| {
+    let mut push = |api, name: String, prog_id: Option<u32>, priority, handle, filter_name| {
         let is_ours = prog_id.is_some_and(|id| ours.contains(&id));
         out.push(ChainEntry {
             position: out.len(),
@@ -156,12 +159,13 @@ fn hook_chain(iface: &str, ifindex: u32, hook: Direction, ours: &[u32]) -> Resul
             prog_id,
             priority,
             handle,
+            filter_name,
             ours: is_ours,
             runs_before_us: false,
         });
     };
     for (id, name) in tcx_programs(iface, hook)? {
-        push(Api::Tcx, name, Some(id), None, None);
+        push(Api::Tcx, name, Some(id), None, None, None);
     }
     let filters = tc::list_filters(ifindex, hook)
         .map_err(|source| ChainError::Netlink { iface: iface.to_owned(), hook, source })?;
@@ -172,7 +176,7 @@ fn hook_chain(iface: &str, ifindex: u32, hook: Direction, ours: &[u32]) -> Resul
             .and_then(|id| names.get(&id).cloned())
             .or(f.bpf_name.clone())
             .unwrap_or_else(|| f.kind.clone());
-        push(Api::Netlink, name, f.bpf_id, Some(f.priority), Some(f.handle));
+        push(Api::Netlink, name, f.bpf_id, Some(f.priority), Some(f.handle), f.bpf_name.clone());
     }
     if let Some(first_ours) = out.iter().position(|e| e.ours) {
         for e in &mut out[..first_ours] {
@@ -230,7 +234,7 @@ impl Chain {
 }
 
 fn is_cilium(e: &ChainEntry) -> bool {
-    e.name.starts_with(CILIUM_PREFIX)
+    e.name.starts_with(CILIUM_PREFIX) || e.filter_name.as_deref().is_some_and(|n| n.starts_with(CILIUM_PREFIX))
 }
 
 /// The agent's rules before attaching with `api` (issue 5). Returns warnings
@@ -299,6 +303,7 @@ mod tests {
             prog_id: Some(7),
             priority: prio,
             handle: prio.map(|_| 1),
+            filter_name: None,
             ours,
             runs_before_us: false,
         }
