@@ -57,7 +57,7 @@ fn main() {
         if built {
             report_difference(&out, &committed, obj.name, update);
         } else {
-            warn_if_stale(&committed, &sources, obj.name);
+            warn_if_stale(&committed, &objects::dependencies(&ebpf, obj.source), obj.name);
             if let Err(e) = std::fs::copy(&committed, &out) {
                 panic!("failed to copy {} to {}: {e}", committed.display(), out.display());
             }

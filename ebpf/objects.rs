@@ -103,3 +103,27 @@ pub fn sources(ebpf_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     out.sort();
     Ok(out)
 }
+
+/// The files `source` (relative to `ebpf/`) is built from: itself and every
+/// `#include "…"` it reaches in `ebpf/include/`, transitively.
+pub fn dependencies(ebpf_dir: &Path, source: &str) -> Vec<PathBuf> {
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut todo = vec![ebpf_dir.join(source)];
+    while let Some(file) = todo.pop() {
+        if seen.contains(&file) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for line in text.lines() {
+            let quoted = line.trim_start().strip_prefix("#include").map(str::trim).and_then(|rest| {
+                rest.strip_prefix('"').and_then(|r| r.split('"').next())
+            });
+            if let Some(name) = quoted {
+                todo.push(ebpf_dir.join("include").join(name));
+            }
+        }
+        seen.push(file);
+    }
+    seen.sort();
+    seen
+}
