@@ -138,19 +138,24 @@ static __always_inline void http_scan_headers(struct tclab_scratch *s)
 			break;
 		p = SCAN_GET(sc->lines[j]) & TCLAB_POS_MASK;
 		l = SCAN_BUF(s) + p;
-		if (l[0] == '\n' || (l[0] == '\r' && l[1] == '\n')) {
+		w8 = *(const __u64 *)l;
+		/* one compare rejects most lines: they do not start "trace" */
+		if (((w8 | 0x2020202020ULL) & 0xffffffffffULL) == LE8('t', 'r', 'a', 'c', 'e', 0, 0, 0)) {
+			w8 |= 0x2020202020202020ULL;
+			w4 = *(const __u32 *)(l + 8) | 0x00202020;
+			if (w8 == LE8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
+			    w4 == LE4('e', 'n', 't', ':') && !SCAN_GET(sc->tp_pos))
+				SCAN_SET(sc->tp_pos, p);
+			w4 = *(const __u32 *)(l + 7) | 0x00202020;
+			if (w8 == LE8('t', 'r', 'a', 'c', 'e', 's', 't', 'a') &&
+			    w4 == LE4('a', 't', 'e', ':') && !SCAN_GET(sc->ts_pos))
+				SCAN_SET(sc->ts_pos, p);
+			continue;
+		}
+		if ((w8 & 0xff) == '\n' || (w8 & 0xffff) == LE4('\r', '\n', 0, 0)) {
 			SCAN_SET(sc->hdr_end, p);
 			break;
 		}
-		w8 = *(const __u64 *)l | 0x2020202020202020ULL;
-		w4 = *(const __u32 *)(l + 8) | 0x00202020;
-		if (!SCAN_GET(sc->tp_pos) && w8 == LE8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
-		    w4 == LE4('e', 'n', 't', ':'))
-			SCAN_SET(sc->tp_pos, p);
-		w4 = *(const __u32 *)(l + 7) | 0x00202020;
-		if (!SCAN_GET(sc->ts_pos) && w8 == LE8('t', 'r', 'a', 'c', 'e', 's', 't', 'a') &&
-		    w4 == LE4('a', 't', 'e', ':'))
-			SCAN_SET(sc->ts_pos, p);
 	}
 }
 
