@@ -66,3 +66,38 @@ fn cilium_like_programs_load_within_verifier_budget() {
         }
     }
 }
+
+/// The loader picks the coarse CT clock on 5.11+; this covers the other
+/// branch (what 5.10 runs): loaded with the precise clock, entries carry
+/// CLOCK_MONOTONIC timestamps.
+#[test]
+fn precise_ct_clock_variant_loads_and_timestamps() {
+    use aya::TestRun;
+    use aya::maps::HashMap;
+    use aya::programs::{SchedClassifier, TestRunOptions};
+    use tclab_datapath::loader::{GLOBAL_CT_COARSE_CLOCK, MAP_CT, PROG_EGRESS, monotonic_now_ns, objects};
+    use tclab_datapath::types::{CtEntry, CtTuple};
+
+    if !tclab_net::require::root("precise_ct_clock_variant_loads_and_timestamps") {
+        return;
+    }
+    let mut ebpf = aya::EbpfLoader::new()
+        .override_global(GLOBAL_CT_COARSE_CLOCK, &0u8, true)
+        .map_max_entries(MAP_CT, 64)
+        .load(objects::DATAPATH_LRU)
+        .expect("load object");
+    let prog: &mut SchedClassifier = ebpf.program_mut(PROG_EGRESS).unwrap().try_into().unwrap();
+    prog.load().expect("verifier accepts the precise-clock variant");
+    // Ethernet + IPv4 + UDP 10.0.0.1:1000 -> 10.0.0.2:53, no payload
+    let mut frame = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    frame.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    frame.extend_from_slice(&[0x03, 0xe8, 0, 53, 0, 8, 0, 0]);
+    let before = monotonic_now_ns();
+    let res = prog.test_run(TestRunOptions { data_in: Some(&frame), ..Default::default() }).expect("test_run");
+    let after = monotonic_now_ns();
+    assert_eq!(res.return_value, u32::MAX);
+    let ct: HashMap<_, CtTuple, CtEntry> = HashMap::try_from(ebpf.map(MAP_CT).unwrap()).unwrap();
+    let key = CtTuple::new("10.0.0.1:1000".parse().unwrap(), "10.0.0.2:53".parse().unwrap(), 17);
+    let e = ct.get(&key, 0).expect("CT entry");
+    assert!(before <= e.created_ns && e.created_ns <= after, "created_ns {} within [{before}, {after}]", e.created_ns);
+}
