@@ -233,6 +233,11 @@ impl Agent {
         &mut self.datapath
     }
 
+    /// CT table capacity.
+    pub fn ct_max_entries(&self) -> u32 {
+        self.datapath.ct_max_entries()
+    }
+
     /// Shared metrics (serve them with `metrics::MetricsServer`).
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()

@@ -245,8 +245,42 @@ pub fn find_loaded_map(name: &str, id: Option<u32>) -> Result<Map, CtError> {
             let data = MapData::from_id(*one).map_err(|source| CtError::Map { op: "open by id", name: format!("{name} (id {one})"), source })?;
             Map::from_map_data(data).map_err(|source| CtError::Map { op: "wrap", name: format!("{name} (id {one})"), source })
         }
-        many => Err(CtError::NotFound(format!("several maps named {name:?} (ids {many:?}): pick one with --map-id"))),
+        many => Err(CtError::NotFound(format!(
+            "several maps named {name:?} (ids {many:?}; several agents running?): pick one with --pid or --map-id"
+        ))),
     }
+}
+
+/// Ids of the BPF maps process `pid` holds open (from the `map_id:` lines
+/// of `/proc/<pid>/fdinfo/*`), to find one agent's map among several.
+///
+/// # Errors
+/// [`CtError::NotFound`] when `/proc/<pid>/fdinfo` cannot be read.
+pub fn map_ids_of_process(pid: u32) -> Result<Vec<u32>, CtError> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let entries = std::fs::read_dir(&dir).map_err(|e| CtError::NotFound(format!("failed to read {dir}: {e}")))?;
+    let mut ids: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("map_id:").and_then(|v| v.trim().parse().ok())))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Find the CT map held by process `pid` (a running `tclab-agent`).
+///
+/// # Errors
+/// [`CtError::NotFound`] when that process holds no map named `name`.
+pub fn find_map_of_process(name: &str, pid: u32) -> Result<Map, CtError> {
+    let ids = map_ids_of_process(pid)?;
+    let id = loaded_maps()
+        .flatten()
+        .find(|m| ids.contains(&m.id()) && m.name_as_str() == Some(name))
+        .map(|m| m.id())
+        .ok_or_else(|| CtError::NotFound(format!("process {pid} holds no BPF map named {name:?}")))?;
+    find_loaded_map(name, Some(id))
 }
 
 /// Current CLOCK_MONOTONIC in ns (the clock of `expires_ns`).

@@ -62,8 +62,11 @@ enum CtCommand {
         #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
         output: TextOrJson,
         /// Pick the CT map by BPF map id when several agents run.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "pid")]
         map_id: Option<u32>,
+        /// Pick the CT map of the agent with this process id.
+        #[arg(long)]
+        pid: Option<u32>,
     },
 }
 
@@ -145,7 +148,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Ct { command: CtCommand::List { output, map_id } } => ct_list(output, map_id),
+        Command::Ct { command: CtCommand::List { output, map_id, pid } } => ct_list(output, map_id, pid),
         Command::Chain { iface, output } => {
             let c = chain::read_chain(&iface, &[]).with_context(|| format!("failed to read the chain of {iface}"))?;
             match output {
@@ -157,8 +160,13 @@ fn dispatch(cmd: Command) -> Result<()> {
     }
 }
 
-fn ct_list(output: TextOrJson, map_id: Option<u32>) -> Result<()> {
-    let map = ct::find_loaded_map(loader::MAP_CT, map_id).context("failed to open the CT map of a running agent")?;
+fn ct_list(output: TextOrJson, map_id: Option<u32>, pid: Option<u32>) -> Result<()> {
+    // Found by name among the kernel's maps: nothing is pinned, nothing to clean up.
+    let map = match pid {
+        Some(pid) => ct::find_map_of_process(loader::MAP_CT, pid),
+        None => ct::find_loaded_map(loader::MAP_CT, map_id),
+    }
+    .context("failed to open the CT map of a running agent")?;
     let records = ct::read_ct(&map, loader::MAP_CT).context("failed to read the CT map")?;
     let now = ct::monotonic_now_ns();
     match output {
