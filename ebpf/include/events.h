@@ -47,7 +47,13 @@ static __always_inline void event_header_fill(struct event_header *h, struct __s
 	h->ts_ns = bpf_ktime_get_ns();
 	h->kind = kind;
 	h->ifindex = skb->ifindex;
-	__builtin_memcpy(&h->tuple, &pkt->tuple, sizeof(h->tuple));
+	/* word copies: both tuples sit at 8-byte aligned offsets, which clang
+	 * cannot know from struct ct_tuple's 2-byte alignment */
+	((__u64 *)&h->tuple)[0] = ((const __u64 *)&pkt->tuple)[0];
+	((__u64 *)&h->tuple)[1] = ((const __u64 *)&pkt->tuple)[1];
+	((__u64 *)&h->tuple)[2] = ((const __u64 *)&pkt->tuple)[2];
+	((__u64 *)&h->tuple)[3] = ((const __u64 *)&pkt->tuple)[3];
+	((__u64 *)&h->tuple)[4] = ((const __u64 *)&pkt->tuple)[4];
 	h->dir = dir;
 	h->ct_status = pkt->ct_status;
 	h->tcp_flags = pkt->tcp_flags;

@@ -95,3 +95,8 @@ _Static_assert(__builtin_offsetof(struct pkt_info, tcp_flags) % 8 == 0 &&
 _Static_assert(__builtin_offsetof(struct tclab_scratch, scan_rest) ==
 		       __builtin_offsetof(struct tclab_scratch, http) + sizeof(struct http_event),
 	       "the scan buffer runs from http.payload into scan_rest");
+_Static_assert(__builtin_offsetof(struct tclab_scratch, pkt.tuple) % 8 == 0 &&
+		       __builtin_offsetof(struct tclab_scratch, http.hdr.tuple) % 8 == 0 &&
+		       __builtin_offsetof(struct tclab_scratch, conn.hdr.tuple) % 8 == 0 &&
+		       sizeof(struct ct_tuple) == 40,
+	       "event_header_fill copies tuples as five aligned words");

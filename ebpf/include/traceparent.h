@@ -109,11 +109,16 @@ static __always_inline __u8 tp_validate(const struct tclab_scratch *s, __u32 pos
 	bad |= bf_is_zero((nz_parent >> 32) | (nz_parent & 0xffffffff)) << 7;
 
 	if (!bad) {
-		__builtin_memcpy(out, t, TCLAB_TRACEPARENT_LEN);
+		/* word copies (t is unaligned: memcpy would go byte by byte) */
+#pragma unroll
+		for (o = 0; o < 56; o += 8)
+			*(__u64 *)(out + o) = swar_load(t + o);
 		out[TCLAB_TRACEPARENT_LEN] = 0;
 		return TP_VALID;
 	}
-	__builtin_memset(out, 0, TCLAB_TRACEPARENT_LEN + 1);
+#pragma unroll
+	for (o = 0; o < 56; o += 8)
+		*(__u64 *)(out + o) = 0;
 	return TP_INVALID;
 }
 
