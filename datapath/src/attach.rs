@@ -116,8 +116,8 @@ pub enum AttachError {
         iface: String,
         /// Hook.
         hook: Direction,
-        /// aya's error.
-        source: ProgramError,
+        /// aya's error (boxed: it is large).
+        source: Box<ProgramError>,
     },
     /// A netlink request failed.
     #[error("failed to {op} on {iface} {hook}: {source}")]
@@ -128,8 +128,8 @@ pub enum AttachError {
         iface: String,
         /// Hook.
         hook: Direction,
-        /// The netlink error.
-        source: NetError,
+        /// The netlink error (boxed: it is large).
+        source: Box<NetError>,
     },
     /// Program or namespace bookkeeping failed.
     #[error("failed to {op} for {iface}: {source}")]
@@ -293,7 +293,7 @@ pub fn attach(
                 {
                     return AttachError::Conflict { iface: iface.to_owned(), hook, priority, handle: NETLINK_HANDLE };
                 }
-                AttachError::Netlink { op: "attach the netlink filter", iface: iface.to_owned(), hook, source }
+                AttachError::Netlink { op: "attach the netlink filter", iface: iface.to_owned(), hook, source: Box::new(source) }
             })?;
             Inner::Netlink { ns, _clsact: clsact, attached: true }
         }
@@ -307,7 +307,7 @@ pub fn attach(
 }
 
 fn attach_tcx(prog: &mut SchedClassifier, name: &str, iface: &str, hook: Direction) -> Result<Inner, AttachError> {
-    let err = |source| AttachError::Tcx { prog: name.to_owned(), iface: iface.to_owned(), hook, source };
+    let err = |source| AttachError::Tcx { prog: name.to_owned(), iface: iface.to_owned(), hook, source: Box::new(source) };
     let ty = match hook {
         Direction::Ingress => TcAttachType::Ingress,
         Direction::Egress => TcAttachType::Egress,
@@ -329,7 +329,7 @@ fn ensure_clsact(
     if let Some(g) = slot.as_ref() {
         return Ok(Some(g.clone()));
     }
-    let nl = |op, source| AttachError::Netlink { op, iface: iface.to_owned(), hook, source };
+    let nl = |op, source| AttachError::Netlink { op, iface: iface.to_owned(), hook, source: Box::new(source) };
     if tc::has_clsact(ifindex).map_err(|e| nl("list qdiscs", e))? {
         return Ok(None);
     }
@@ -357,7 +357,7 @@ impl Attachment {
                         prog: format!("program id {}", self.prog_id),
                         iface: self.iface.clone(),
                         hook: self.hook,
-                        source,
+                        source: Box::new(source),
                     })?;
                 }
                 Ok(())
@@ -372,7 +372,7 @@ impl Attachment {
                     op: "delete our netlink filter",
                     iface: self.iface.clone(),
                     hook: self.hook,
-                    source,
+                    source: Box::new(source),
                 })
             }
             Inner::Netlink { .. } => Ok(()),

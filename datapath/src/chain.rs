@@ -38,8 +38,8 @@ pub enum ChainError {
         iface: String,
         /// Hook.
         hook: Direction,
-        /// aya's error.
-        source: aya::programs::ProgramError,
+        /// aya's error (boxed: it is large).
+        source: Box<aya::programs::ProgramError>,
     },
     /// The netlink dump failed.
     #[error("failed to list netlink filters on {iface} {hook}: {source}")]
@@ -48,8 +48,8 @@ pub enum ChainError {
         iface: String,
         /// Hook.
         hook: Direction,
-        /// The error.
-        source: tclab_net::NetError,
+        /// The error (boxed: it is large).
+        source: Box<tclab_net::NetError>,
     },
 }
 
@@ -136,7 +136,7 @@ fn tcx_programs(iface: &str, hook: Direction) -> Result<Vec<(u32, String)>, Chai
         {
             Ok(Vec::new())
         }
-        Err(source) => Err(ChainError::Tcx { iface: iface.to_owned(), hook, source }),
+        Err(source) => Err(ChainError::Tcx { iface: iface.to_owned(), hook, source: Box::new(source) }),
     }
 }
 
@@ -168,7 +168,7 @@ fn hook_chain(iface: &str, ifindex: u32, hook: Direction, ours: &[u32]) -> Resul
         push(Api::Tcx, name, Some(id), None, None, None);
     }
     let filters = tc::list_filters(ifindex, hook)
-        .map_err(|source| ChainError::Netlink { iface: iface.to_owned(), hook, source })?;
+        .map_err(|source| ChainError::Netlink { iface: iface.to_owned(), hook, source: Box::new(source) })?;
     let names = if filters.is_empty() { HashMap::new() } else { program_names() };
     for f in filters {
         let name = f

@@ -156,15 +156,17 @@ pub fn decide_trace(tp: &Traceparent, ids: &mut dyn IdSource) -> TraceDecision {
         let (_ver, trace, parent, flags) = (parts.next(), parts.next(), parts.next(), parts.next());
         if let (Some(trace), Some(parent), Some(flags)) = (trace, parent, flags) {
             let hex_ok = |s: &str, n| s.len() == n && s.bytes().all(|c| c.is_ascii_hexdigit());
-            if hex_ok(trace, 32) && hex_ok(parent, 16) && flags.len() >= 2 {
-                if let Ok(flags) = u8::from_str_radix(&flags[..2], 16) {
-                    return TraceDecision {
-                        trace_id: trace.to_owned(),
-                        parent_id: Some(parent.to_owned()),
-                        flags,
-                        propagated: true,
-                    };
-                }
+            if hex_ok(trace, 32)
+                && hex_ok(parent, 16)
+                && flags.len() >= 2
+                && let Ok(flags) = u8::from_str_radix(&flags[..2], 16)
+            {
+                return TraceDecision {
+                    trace_id: trace.to_owned(),
+                    parent_id: Some(parent.to_owned()),
+                    flags,
+                    propagated: true,
+                };
             }
         }
     }

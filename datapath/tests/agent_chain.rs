@@ -44,8 +44,8 @@ fn netlink_foreign(prog: &TestProgram, dir: Direction, prio: u16, handle: u32, n
     tc::attach_bpf(ifindex(), dir, prio, handle, fd.as_fd(), name).expect("foreign netlink filter");
 }
 
-fn start(backend: Backend) -> Result<Agent, AgentError> {
-    Agent::start(AgentConfig { ifaces: vec!["dut".into()], backend, ..AgentConfig::default() })
+fn start(backend: Backend) -> Result<Agent, Box<AgentError>> {
+    Agent::start(AgentConfig { ifaces: vec!["dut".into()], backend, ..AgentConfig::default() }).map_err(Box::new)
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn netlink_conflict_is_an_error_and_rolls_back() {
         netlink_foreign(&f, Direction::Egress, 1, NETLINK_HANDLE, "squatter");
         let err = start(Backend::Netlink).expect_err("conflict");
         assert!(
-            matches!(err, AgentError::Attach(AttachError::Conflict { priority: 1, handle: NETLINK_HANDLE, .. })),
+            matches!(*err, AgentError::Attach(AttachError::Conflict { priority: 1, handle: NETLINK_HANDLE, .. })),
             "{err}"
         );
         assert!(err.to_string().contains("refusing to replace"), "{err}");
@@ -160,7 +160,7 @@ fn cilium_rules_on_netlink() {
         netlink_foreign(&f, Direction::Ingress, 1, 1, "cil_from_netdev-dut");
         netlink_foreign(&f, Direction::Egress, 1, 1, "cil_to_netdev-dut");
         let err = start(Backend::Netlink).expect_err("refused");
-        assert!(matches!(err, AgentError::Rule(RuleError::CiliumAtPriorityOne { .. })), "{err}");
+        assert!(matches!(*err, AgentError::Rule(RuleError::CiliumAtPriorityOne { .. })), "{err}");
         assert!(err.to_string().contains(CILIUM_PRIORITY_FIX), "{err}");
         let ours = |d| tc::list_filters(ifindex(), d).unwrap().iter().filter(|f| f.handle == NETLINK_HANDLE).count();
         assert_eq!(ours(Direction::Ingress) + ours(Direction::Egress), 0, "nothing attached on refusal");
