@@ -106,6 +106,7 @@ pub fn sources(ebpf_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// The files `source` (relative to `ebpf/`) is built from: itself and every
 /// `#include "…"` it reaches in `ebpf/include/`, transitively.
+#[allow(dead_code, reason = "used by build.rs, not by every file that includes this one")]
 pub fn dependencies(ebpf_dir: &Path, source: &str) -> Vec<PathBuf> {
     let mut seen: Vec<PathBuf> = Vec::new();
     let mut todo = vec![ebpf_dir.join(source)];
