@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use tclab_datapath::types::{Counter, CtTuple, EventKind, HttpEvent, TraceparentStatus, ct_flags};
+use tclab_datapath::types::{Counter, CtStatus, CtTuple, EventKind, HttpEvent, TraceparentStatus, ct_flags};
 
 fn harness(test: &str) -> Option<Harness> {
     tclab_net::require::root(&format!("classifier_http::{test}")).then(Harness::default_config)
@@ -39,7 +39,7 @@ fn status(e: &HttpEvent) -> TraceparentStatus {
 fn every_method_is_a_request_and_lookalikes_are_not() {
     let Some(mut h) = harness("every_method_is_a_request_and_lookalikes_are_not") else { return };
     let methods = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
-    for m in methods {
+    for (i, m) in methods.into_iter().enumerate() {
         let req = request(m, "/tracemetoo", &[]);
         let events = send(&mut h, &req);
         assert_eq!(events.len(), 1, "{m}");
@@ -50,6 +50,9 @@ fn every_method_is_a_request_and_lookalikes_are_not() {
         assert_eq!(status(e), TraceparentStatus::Missing);
         assert_eq!(e.hdr.tuple, CtTuple::new(client(), server(), 6));
         assert_eq!(e.hdr.dir, 1, "seen on egress");
+        assert_eq!(e.hdr.ifindex, 1, "BPF_PROG_TEST_RUN runs on loopback");
+        let want = if i == 0 { CtStatus::New } else { CtStatus::Established };
+        assert_eq!(e.hdr.ct_status, want as u8, "{m}");
     }
     for not in ["get / HTTP/1.1\r\n\r\n", "GETS / HTTP/1.1\r\n\r\n", "FOO / HTTP/1.1\r\n\r\n", "GET", "\x16\x03\x01\x02\x00"] {
         assert!(send(&mut h, not.as_bytes()).is_empty(), "{not:?} is not a request");
