@@ -264,7 +264,7 @@ impl Agent {
     }
 
     fn spans_from(&mut self, events: &[Event]) -> Vec<Span> {
-        let spans: Vec<Span> = events.iter().filter_map(|e| self.spans.push(e)).collect();
+        let spans: Vec<Span> = events.iter().flat_map(|e| self.spans.push_all(e)).collect();
         for s in &spans {
             self.metrics.inc_span(s.kind);
         }

@@ -287,6 +287,10 @@ pub struct HttpResponse {
     pub content_length: Option<u64>,
     /// TCP payload length of the segment.
     pub size: u32,
+    /// Further responses in the same segment (answers to pipelined
+    /// requests written at once), parsed from the captured bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pipelined: Vec<HttpResponse>,
 }
 
 /// A later segment of a request whose headers were split.
@@ -439,7 +443,8 @@ fn decode_http(kind: u32, meta: EventMeta, b: &[u8]) -> Result<Event, EventError
             let Some(StartLine::Response { status }) = parsed.start else {
                 return Err(EventError::Invalid { kind, reason: "payload has no status line".into() });
             };
-            Event::HttpResponse(HttpResponse { meta, status, content_length: parsed.content_length, size })
+            let pipelined = pipelined_responses(&meta, payload, parsed.content_length);
+            Event::HttpResponse(HttpResponse { meta, status, content_length: parsed.content_length, size, pipelined })
         }
         _ => Event::HttpContinuation(HttpContinuation { meta, host: parsed.host, traceparent, tracestate, size }),
     })
@@ -478,6 +483,26 @@ fn pipelined_requests(meta: &EventMeta, payload: &[u8], first_body: Option<u64>)
             pipelined: Vec::new(),
         });
         body = head.content_length.unwrap_or(0);
+        rest = tail;
+    }
+    out
+}
+
+/// Responses after the first one in a captured segment, found the same way
+/// as [`pipelined_requests`]: each starts where the previous head and its
+/// `Content-Length` body end. A response without Content-Length ends the
+/// search (its body length is unknown).
+fn pipelined_responses(meta: &EventMeta, payload: &[u8], first_body: Option<u64>) -> Vec<HttpResponse> {
+    let mut out = Vec::new();
+    let mut rest = payload;
+    let mut body = first_body;
+    while let (Some(end), Some(len)) = (find(rest, b"\r\n\r\n"), body) {
+        let next = (end + 4).saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+        let Some(tail) = rest.get(next..) else { break };
+        let head = parse_http_head(tail);
+        let (Some(StartLine::Response { status }), true) = (head.start, head.complete) else { break };
+        out.push(HttpResponse { meta: meta.clone(), status, content_length: head.content_length, size: 0, pipelined: Vec::new() });
+        body = head.content_length;
         rest = tail;
     }
     out
@@ -677,6 +702,23 @@ mod tests {
         assert_eq!(reqs[0].method, "POST");
         assert!(matches!(&reqs[0].traceparent, Traceparent::Valid(v) if v.starts_with("00-4bf9")));
         assert_eq!(reqs[1].traceparent, Traceparent::Invalid(String::new()), "uppercase hex is invalid");
+    }
+
+    #[test]
+    fn pipelined_responses_in_one_segment() {
+        let meta = EventMeta {
+            ts_ns: 0,
+            ifindex: 0,
+            tuple: Tuple { saddr: "10.0.0.2".parse().unwrap(), daddr: "10.0.0.1".parse().unwrap(), sport: 80, dport: 1, proto: 6 },
+            dir: Direction::Ingress,
+            ct_status: 0,
+            tcp_flags: 0,
+        };
+        let payload = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 500 x\r\n\r\n";
+        let rs = pipelined_responses(&meta, payload, Some(2));
+        let st: Vec<u16> = rs.iter().map(|r| r.status).collect();
+        assert_eq!(st, [404, 204], "stops after a response without Content-Length");
+        assert!(pipelined_responses(&meta, payload, None).is_empty());
     }
 
     #[test]

@@ -193,6 +193,7 @@ fn opposite(d: Direction) -> Direction {
 /// Pairs request and response events into [`Span`]s.
 pub struct SpanBuilder {
     queues: HashMap<QueueKey, VecDeque<Pending>>,
+    ready: Vec<Span>,
     ids: Box<dyn IdSource>,
     unmatched_responses: u64,
 }
@@ -215,7 +216,7 @@ impl Default for SpanBuilder {
 impl SpanBuilder {
     /// A builder drawing new ids from `ids`.
     pub fn new(ids: Box<dyn IdSource>) -> SpanBuilder {
-        SpanBuilder { queues: HashMap::new(), ids, unmatched_responses: 0 }
+        SpanBuilder { queues: HashMap::new(), ready: Vec::new(), ids, unmatched_responses: 0 }
     }
 
     /// Requests still waiting for their response.
@@ -228,8 +229,24 @@ impl SpanBuilder {
         self.unmatched_responses
     }
 
-    /// Feed one event; returns the span it completed, if any.
+    /// Feed one event; returns the first span it completed, if any. One
+    /// event can complete several (responses pipelined in one segment): the
+    /// others wait in [`SpanBuilder::take_ready`]. Prefer [`SpanBuilder::push_all`].
     pub fn push(&mut self, ev: &Event) -> Option<Span> {
+        let mut spans = self.push_all(ev).into_iter();
+        let first = spans.next();
+        self.ready.extend(spans);
+        first
+    }
+
+    /// Spans completed by earlier [`SpanBuilder::push`] calls beyond the one
+    /// each returned.
+    pub fn take_ready(&mut self) -> Vec<Span> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Feed one event; returns every span it completed, in request order.
+    pub fn push_all(&mut self, ev: &Event) -> Vec<Span> {
         match ev {
             Event::HttpRequest(req) => {
                 let key = (req.meta.tuple, req.meta.dir);
@@ -240,13 +257,15 @@ impl SpanBuilder {
                     r.pipelined.clear();
                     queue.push_back(Pending { req: r, last_segment_ns });
                 }
-                None
+                Vec::new()
             }
             Event::HttpContinuation(c) => {
                 self.merge_continuation(c);
-                None
+                Vec::new()
             }
-            Event::HttpResponse(resp) => self.complete(resp),
+            Event::HttpResponse(resp) => {
+                std::iter::once(resp).chain(&resp.pipelined).filter_map(|r| self.complete(r)).collect()
+            }
             Event::ConnClose { meta, .. } => {
                 // Requests never answered on a closed connection yield no span.
                 for t in [meta.tuple, meta.tuple.reversed()] {
@@ -254,9 +273,9 @@ impl SpanBuilder {
                         self.queues.remove(&(t, d));
                     }
                 }
-                None
+                Vec::new()
             }
-            Event::ConnOpen { .. } | Event::CtInsertFailed { .. } => None,
+            Event::ConnOpen { .. } | Event::CtInsertFailed { .. } => Vec::new(),
         }
     }
 

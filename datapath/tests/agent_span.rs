@@ -52,6 +52,7 @@ fn resp(ts: u64, req_dir: Direction, status: u16, len: u64) -> Event {
         status,
         content_length: Some(len),
         size: 100,
+        pipelined: Vec::new(),
     })
 }
 
@@ -96,6 +97,33 @@ fn pipelined_requests_answered_fifo() {
     assert_eq!(paths, [("/a", 200), ("/b", 201), ("/c", 202)]);
     assert!(spans.iter().all(|s| s.kind == SpanKind::Client));
     insta::assert_snapshot!(lines(&spans));
+}
+
+#[test]
+fn pipelined_responses_in_one_segment_complete_every_request() {
+    let d = Direction::Egress;
+    let mut one = resp(2_000, d, 200, 1);
+    if let Event::HttpResponse(r) = &mut one {
+        let Event::HttpResponse(b) = resp(2_000, d, 201, 2) else { unreachable!() };
+        let Event::HttpResponse(c) = resp(2_000, d, 202, 3) else { unreachable!() };
+        r.pipelined = vec![b, c];
+    }
+    let events = [
+        req(1_000, d, "/a", Traceparent::Missing),
+        req(1_100, d, "/b", Traceparent::Missing),
+        req(1_200, d, "/c", Traceparent::Missing),
+        one,
+    ];
+    let mut b = SpanBuilder::new(Box::new(SequentialIds::default()));
+    let spans: Vec<Span> = events.iter().flat_map(|e| b.push_all(e)).collect();
+    let got: Vec<_> = spans.iter().map(|s| (s.path.as_str(), s.status)).collect();
+    assert_eq!(got, [("/a", 200), ("/b", 201), ("/c", 202)]);
+    assert_eq!(b.pending(), 0);
+    // `push` returns the first and keeps the others for take_ready.
+    let mut b = SpanBuilder::new(Box::new(SequentialIds::default()));
+    let firsts: Vec<Span> = events.iter().filter_map(|e| b.push(e)).collect();
+    assert_eq!(firsts.len(), 1);
+    assert_eq!(b.take_ready().iter().map(|s| s.status).collect::<Vec<_>>(), [201, 202]);
 }
 
 #[test]
