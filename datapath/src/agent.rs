@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aya::maps::perf::PerfEventArray;
 use aya::maps::{MapError, RingBuf};
 use tclab_net::tc::Direction;
 
@@ -96,9 +97,15 @@ pub enum AgentError {
     /// The object has no events map.
     #[error("failed to open map {0} of the datapath: not in the object")]
     MissingMap(&'static str),
-    /// The perf-buffer fallback is needed but not implemented by the reader.
-    #[error("failed to read events: this kernel has no BPF ring buffer and the perf-buffer reader is not implemented")]
-    NoRingBuf,
+    /// The perf buffers could not be opened.
+    #[error(transparent)]
+    Events(#[from] crate::events::ReaderError),
+    /// A device does not exist in the caller's namespace.
+    #[error("failed to start the agent: no device {iface:?} in this network namespace")]
+    NoDevice {
+        /// Device name.
+        iface: String,
+    },
 }
 
 /// A running agent.
@@ -114,6 +121,7 @@ pub struct Agent {
     warnings: Vec<String>,
     metrics: Arc<Metrics>,
     clock: WallClock,
+    transport: EventTransport,
     config: AgentConfig,
     stopped: bool,
 }
@@ -150,11 +158,19 @@ impl Agent {
         if api == Api::Tcx && !features.tcx {
             return Err(AgentError::NoTcx { kernel: features.kernel_version.clone() });
         }
-        if !features.ringbuf {
-            return Err(AgentError::NoRingBuf);
+        for iface in &config.ifaces {
+            let known = std::ffi::CString::new(iface.as_str())
+                // SAFETY: valid C string.
+                .is_ok_and(|c| unsafe { libc::if_nametoindex(c.as_ptr()) } != 0);
+            if !known {
+                return Err(AgentError::NoDevice { iface: iface.clone() });
+            }
         }
         let mut dp_cfg = config.datapath;
-        dp_cfg.events = EventTransport::RingBuf;
+        // Perf buffers when asked for, or when the kernel has no ring buffer.
+        if !features.ringbuf {
+            dp_cfg.events = EventTransport::PerfBuf;
+        }
         let mut datapath = Datapath::load(&dp_cfg)?;
         let mut warnings = Vec::new();
         // Rules first for every device, so a refusal attaches nothing.
@@ -171,19 +187,19 @@ impl Agent {
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        let ring = datapath.ebpf_mut().take_map(loader::MAP_EVENTS).ok_or(AgentError::MissingMap(loader::MAP_EVENTS))?;
-        let ring = RingBuf::try_from(ring).map_err(|source| AgentError::Map { map: loader::MAP_EVENTS, source })?;
+        let events = open_events(&mut datapath, dp_cfg.events)?;
         let agent = Agent {
             attachments,
             _devices: devices,
             datapath,
-            events: EventReader::new(ring),
+            events,
             spans: SpanBuilder::new(Box::new(RandomIds)),
             features,
             api,
             warnings,
             metrics: Arc::new(Metrics::default()),
             clock: WallClock::now(),
+            transport: dp_cfg.events,
             config,
             stopped: false,
         };
@@ -276,12 +292,18 @@ impl Agent {
         self.events.decode_errors()
     }
 
-    /// Events the kernel could not queue (`CNT_EVENTS_LOST`).
+    /// Events lost: those the kernel could not queue (`CNT_EVENTS_LOST`)
+    /// plus, on the perf-buffer path, those perf reported lost.
     ///
     /// # Errors
     /// [`AgentError::Map`] when the counters map cannot be read.
     pub fn events_lost(&self) -> Result<u64, AgentError> {
-        self.counter(Counter::EventsLost)
+        Ok(self.counter(Counter::EventsLost)? + self.events.perf_lost())
+    }
+
+    /// The event transport in use.
+    pub fn event_transport(&self) -> EventTransport {
+        self.transport
     }
 
     fn counter(&self, c: Counter) -> Result<u64, AgentError> {
@@ -313,7 +335,7 @@ impl Agent {
             Ok(c) => self.metrics.set_kernel_counters(
                 c.get(Counter::Packets),
                 c.get(Counter::CtInsertFailed),
-                c.get(Counter::EventsLost),
+                c.get(Counter::EventsLost) + self.events.perf_lost(),
             ),
             Err(e) => tracing::warn!(error = %e, "failed to read the datapath counters"),
         }
@@ -349,6 +371,16 @@ impl Drop for Agent {
         // Attachments detach in their own Drop, before the programs unload.
         self.attachments.clear();
     }
+}
+
+/// Take the events map out of the object and open the reader for it.
+fn open_events(datapath: &mut Datapath, transport: EventTransport) -> Result<EventReader, AgentError> {
+    let map = datapath.ebpf_mut().take_map(loader::MAP_EVENTS).ok_or(AgentError::MissingMap(loader::MAP_EVENTS))?;
+    let wrong = |source| AgentError::Map { map: loader::MAP_EVENTS, source };
+    Ok(match transport {
+        EventTransport::RingBuf => EventReader::new(RingBuf::try_from(map).map_err(wrong)?),
+        EventTransport::PerfBuf => EventReader::new_perf(PerfEventArray::try_from(map).map_err(wrong)?)?,
+    })
 }
 
 /// Attach both hooks of every device; on failure the ones already made are

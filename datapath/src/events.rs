@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use aya::maps::perf::{PerfEvent, PerfEventArray, PerfEventArrayBuffer};
 use aya::maps::{MapData, RingBuf};
 use serde::{Deserialize, Serialize};
 
@@ -610,23 +611,66 @@ fn parse_start_line(line: &str) -> Option<StartLine> {
         .then(|| StartLine::Request { method: a.to_owned(), path: b.to_owned() })
 }
 
-/// Reads and decodes records from the `events` ring buffer. Owned by one
-/// thread; [`EventReader::poll`] waits with `poll(2)` on the map fd.
+enum Source {
+    Ring(RingBuf<MapData>),
+    /// One buffer per online CPU (the fallback for kernels without ring buffers).
+    Perf(Vec<PerfEventArrayBuffer<MapData>>),
+}
+
+/// Reads and decodes records from the events map: the ring buffer, or the
+/// per-CPU perf buffers on kernels without one. Owned by one thread;
+/// [`EventReader::poll`] waits with `poll(2)` on the map fds.
 pub struct EventReader {
-    ring: RingBuf<MapData>,
+    source: Source,
     decode_errors: u64,
+    perf_lost: u64,
 }
 
 impl std::fmt::Debug for EventReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventReader").field("decode_errors", &self.decode_errors).finish()
+        let transport = match self.source {
+            Source::Ring(_) => "ringbuf",
+            Source::Perf(_) => "perf",
+        };
+        f.debug_struct("EventReader")
+            .field("transport", &transport)
+            .field("decode_errors", &self.decode_errors)
+            .field("perf_lost", &self.perf_lost)
+            .finish()
     }
+}
+
+/// Opening the perf buffers failed.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {op}: {reason}")]
+pub struct ReaderError {
+    /// What was being done.
+    pub op: String,
+    /// Why it failed.
+    pub reason: String,
 }
 
 impl EventReader {
     /// Wrap a ring buffer taken from the loaded datapath.
     pub fn new(ring: RingBuf<MapData>) -> EventReader {
-        EventReader { ring, decode_errors: 0 }
+        EventReader { source: Source::Ring(ring), decode_errors: 0, perf_lost: 0 }
+    }
+
+    /// Open one perf buffer per online CPU of a `PERF_EVENT_ARRAY` events map.
+    ///
+    /// # Errors
+    /// [`ReaderError`] when the CPU list cannot be read or a buffer not opened.
+    pub fn new_perf(mut perf: PerfEventArray<MapData>) -> Result<EventReader, ReaderError> {
+        let cpus = aya::util::online_cpus().map_err(|(path, e)| ReaderError { op: format!("read {path}"), reason: e.to_string() })?;
+        let buffers = cpus
+            .into_iter()
+            .map(|cpu| {
+                // 16 pages per CPU: room for ~120 HTTP events between polls.
+                perf.open(cpu, Some(16))
+                    .map_err(|e| ReaderError { op: format!("open the perf buffer of CPU {cpu}"), reason: e.to_string() })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(EventReader { source: Source::Perf(buffers), decode_errors: 0, perf_lost: 0 })
     }
 
     /// Records that could not be decoded so far (logged and skipped).
@@ -634,14 +678,26 @@ impl EventReader {
         self.decode_errors
     }
 
+    /// Samples the perf buffers reported lost (the ring buffer path counts
+    /// losses in the kernel's `CNT_EVENTS_LOST` instead).
+    pub fn perf_lost(&self) -> u64 {
+        self.perf_lost
+    }
+
     /// Wait up to `timeout` for data, then drain everything available.
     pub fn poll(&mut self, timeout: Duration) -> Vec<Event> {
         let mut out = self.drain();
         if out.is_empty() {
-            let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut fds: Vec<libc::pollfd> = match &self.source {
+                Source::Ring(r) => vec![r.as_raw_fd()],
+                Source::Perf(bufs) => bufs.iter().map(AsRawFd::as_raw_fd).collect(),
+            }
+            .into_iter()
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+            .collect();
             let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, ms) };
+            // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
             out = self.drain();
         }
         out
@@ -649,13 +705,34 @@ impl EventReader {
 
     /// Drain what is available now, without waiting.
     pub fn drain(&mut self) -> Vec<Event> {
-        let mut out = Vec::new();
-        while let Some(item) = self.ring.next() {
-            match Event::decode(&item) {
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        match &mut self.source {
+            Source::Ring(ring) => {
+                while let Some(item) = ring.next() {
+                    records.push(item.to_vec());
+                }
+            }
+            Source::Perf(bufs) => {
+                let mut lost = 0;
+                for b in bufs.iter_mut() {
+                    b.for_each(|ev| match ev {
+                        PerfEvent::Sample { head, tail } => records.push([head, tail].concat()),
+                        PerfEvent::Lost { count } => lost += count,
+                    });
+                }
+                if lost > 0 {
+                    tracing::warn!(lost, "perf buffers lost events");
+                }
+                self.perf_lost += lost;
+            }
+        }
+        let mut out = Vec::with_capacity(records.len());
+        for rec in records {
+            match Event::decode(&rec) {
                 Ok(ev) => out.push(ev),
                 Err(e) => {
                     self.decode_errors += 1;
-                    tracing::warn!(error = %e, "skipping undecodable ring buffer record");
+                    tracing::warn!(error = %e, "skipping undecodable event record");
                 }
             }
         }

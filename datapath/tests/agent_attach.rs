@@ -13,6 +13,7 @@ use tclab_datapath::agent::{Agent, AgentConfig};
 use tclab_datapath::attach::{Api, Backend};
 use tclab_datapath::ct::{CtRecord, CtState};
 use tclab_datapath::events::Traceparent;
+use tclab_datapath::loader::{DatapathConfig, EventTransport};
 use tclab_datapath::span::{Span, SpanKind};
 use tclab_net::NetNs;
 use tclab_net::tc::{self, Direction};
@@ -165,13 +166,15 @@ fn assert_host_clean() {
     assert!(!links.iter().any(|l| l.name == "vsrv" || l.name == "vcli"), "veth left in the host namespace");
 }
 
-fn exchange(backend: Backend, expect_api: Api) {
-    let topo = topology(&format!("att-{expect_api}"));
+fn exchange(backend: Backend, expect_api: Api, events: EventTransport) {
+    let topo = topology(&format!("att-{expect_api}-{events:?}"));
     let client_ns = &topo.client;
     topo.server.run(|| {
-        let cfg = AgentConfig { ifaces: vec!["vsrv".into()], backend, ..AgentConfig::default() };
+        let datapath = DatapathConfig { events, ..DatapathConfig::default() };
+        let cfg = AgentConfig { ifaces: vec!["vsrv".into()], backend, datapath, ..AgentConfig::default() };
         let mut agent = Agent::start(cfg).expect("agent start");
         assert_eq!(agent.api(), expect_api);
+        assert_eq!(agent.event_transport(), events);
         assert_eq!(agent.attachments().len(), 2);
         let listener = TcpListener::bind((SERVER_IP, PORT)).expect("bind");
         std::thread::scope(|s| {
@@ -213,7 +216,7 @@ fn agent_spans_and_ct_with_tcx() {
         tclab_net::require::skip("agent_spans_and_ct_with_tcx", "a kernel with TCX (6.6+)", "run on a newer kernel");
         return;
     }
-    exchange(Backend::Tcx, Api::Tcx);
+    exchange(Backend::Tcx, Api::Tcx, EventTransport::RingBuf);
 }
 
 #[test]
@@ -221,5 +224,14 @@ fn agent_spans_and_ct_with_netlink() {
     if !tclab_net::require::root("agent_spans_and_ct_with_netlink") {
         return;
     }
-    exchange(Backend::Netlink, Api::Netlink);
+    exchange(Backend::Netlink, Api::Netlink, EventTransport::RingBuf);
+}
+
+/// The per-CPU perf-buffer path (kernels without ring buffers), forced here.
+#[test]
+fn agent_spans_and_ct_with_perf_buffers() {
+    if !tclab_net::require::root("agent_spans_and_ct_with_perf_buffers") {
+        return;
+    }
+    exchange(Backend::Netlink, Api::Netlink, EventTransport::PerfBuf);
 }
