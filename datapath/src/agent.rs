@@ -40,6 +40,10 @@ pub struct AgentConfig {
     pub enforce_rules: bool,
     /// Service name printed in `svc=[…]`.
     pub service_name: String,
+    /// Run each foreign program that runs before ours once on a probe TCP
+    /// SYN (BPF_PROG_TEST_RUN) and put its verdict in the warning. Off by
+    /// default: the foreign program really runs (its maps see the packet).
+    pub dry_run_chain: bool,
     /// Use these probe results instead of probing (the lab probes once per
     /// kernel; tests force a backend).
     pub features: Option<KernelFeatures>,
@@ -54,6 +58,7 @@ impl Default for AgentConfig {
             datapath: DatapathConfig::default(),
             enforce_rules: true,
             service_name: "tclab".to_owned(),
+            dry_run_chain: false,
             features: None,
         }
     }
@@ -182,7 +187,8 @@ impl Agent {
         let (attachments, devices) = attach_all(&mut datapath, &config, api)?;
         let ours: Vec<u32> = attachments.iter().map(|a| a.prog_id).collect();
         for iface in &config.ifaces {
-            warnings.extend(chain::warn_before_us(&chain::read_chain(iface, &ours)?));
+            let c = chain::read_chain(iface, &ours)?;
+            warnings.extend(if config.dry_run_chain { chain::warn_before_us_dry_run(&c) } else { chain::warn_before_us(&c) });
         }
         for w in &warnings {
             tracing::warn!("{w}");

@@ -105,6 +105,35 @@ fn chain_lists_tcx_and_netlink_in_run_order() {
 }
 
 #[test]
+fn dry_run_reports_the_verdict_of_a_program_before_ours() {
+    if !tclab_net::require::root("dry_run_reports_the_verdict_of_a_program_before_ours") {
+        return;
+    }
+    let (ns, _peer) = device("dry");
+    ns.run(|| {
+        let (drop_prog, drop_id) = foreign(Verdict::Drop);
+        let (pass_prog, _) = foreign(Verdict::Pass);
+        netlink_foreign(&drop_prog, Direction::Ingress, 1, 1, "dropper");
+        netlink_foreign(&pass_prog, Direction::Egress, 1, 1, "passer");
+        let cfg = AgentConfig {
+            ifaces: vec!["dut".into()],
+            backend: Backend::Netlink,
+            priority: 2,
+            dry_run_chain: true,
+            ..AgentConfig::default()
+        };
+        let agent = Agent::start(cfg).expect("agent");
+        let w = agent.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains(&format!("id {drop_id}")) && w[0].contains("TC_ACT_SHOT"), "{}", w[0]);
+        assert!(w[1].contains("egress") && w[1].contains("TC_ACT_OK"), "{}", w[1]);
+        // The dry run is a real run: the foreign program counted it.
+        assert_eq!(drop_prog.packets().unwrap(), 1);
+        assert_eq!(pass_prog.packets().unwrap(), 1);
+    });
+}
+
+#[test]
 fn netlink_agent_coexists_with_foreign_filter_at_same_priority() {
     if !tclab_net::require::root("netlink_agent_coexists_with_foreign_filter_at_same_priority") {
         return;

@@ -92,6 +92,10 @@ struct RunArgs {
     /// Service name shown in `svc=[…]`.
     #[arg(long, default_value = "tclab")]
     service_name: String,
+    /// Run each foreign program that runs before ours once on a probe TCP SYN
+    /// and report its verdict (the program really runs: its maps see it).
+    #[arg(long)]
+    dry_run_chain: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -209,6 +213,7 @@ fn run(args: RunArgs) -> Result<()> {
             ..DatapathConfig::default()
         },
         service_name: args.service_name.clone(),
+        dry_run_chain: args.dry_run_chain,
         ..AgentConfig::default()
     };
     let mut agent = Agent::start(config).with_context(|| format!("failed to start the agent on {}", args.ifaces.join(", ")))?;
