@@ -624,6 +624,8 @@ pub struct EventReader {
     source: Source,
     decode_errors: u64,
     perf_lost: u64,
+    /// Perf records read but not yet released (see `reorder_perf`).
+    held: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for EventReader {
@@ -653,7 +655,7 @@ pub struct ReaderError {
 impl EventReader {
     /// Wrap a ring buffer taken from the loaded datapath.
     pub fn new(ring: RingBuf<MapData>) -> EventReader {
-        EventReader { source: Source::Ring(ring), decode_errors: 0, perf_lost: 0 }
+        EventReader { source: Source::Ring(ring), decode_errors: 0, perf_lost: 0, held: Vec::new() }
     }
 
     /// Open one perf buffer per online CPU of a `PERF_EVENT_ARRAY` events map.
@@ -670,7 +672,7 @@ impl EventReader {
                     .map_err(|e| ReaderError { op: format!("open the perf buffer of CPU {cpu}"), reason: e.to_string() })
             })
             .collect::<Result<_, _>>()?;
-        Ok(EventReader { source: Source::Perf(buffers), decode_errors: 0, perf_lost: 0 })
+        Ok(EventReader { source: Source::Perf(buffers), decode_errors: 0, perf_lost: 0, held: Vec::new() })
     }
 
     /// Records that could not be decoded so far (logged and skipped).
@@ -695,6 +697,8 @@ impl EventReader {
             .into_iter()
             .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
             .collect();
+            // Held perf records are released ~1 ms after they were written.
+            let timeout = if self.held.is_empty() { timeout } else { timeout.min(Duration::from_millis(2)) };
             let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
             // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
@@ -703,8 +707,27 @@ impl EventReader {
         out
     }
 
-    /// Drain what is available now, without waiting.
+    /// Per-CPU buffers are read one after the other, so a response can be
+    /// read before its request (on another CPU) or in an earlier drain.
+    /// Every record committed before a drain starts is read by the end of
+    /// that drain: release, in timestamp order, the records older than this
+    /// drain's start (minus a margin for the time between a program taking
+    /// its timestamp and committing), and hold the rest for the next drain.
+    fn reorder_perf(&mut self, records: Vec<Vec<u8>>, drain_start: u64) -> Vec<Vec<u8>> {
+        const COMMIT_MARGIN_NS: u64 = 1_000_000;
+        let ts = |r: &Vec<u8>| r.get(..8).map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])));
+        self.held.extend(records);
+        self.held.sort_by_key(ts);
+        let cut = drain_start.saturating_sub(COMMIT_MARGIN_NS);
+        let n = self.held.partition_point(|r| ts(r) < cut);
+        self.held.drain(..n).collect()
+    }
+
+    /// Drain what is available now, without waiting. On the perf-buffer
+    /// path the newest records are held until the next drain (see
+    /// `reorder_perf`).
     pub fn drain(&mut self) -> Vec<Event> {
+        let drain_start = crate::ct::monotonic_now_ns();
         let mut records: Vec<Vec<u8>> = Vec::new();
         match &mut self.source {
             Source::Ring(ring) => {
@@ -724,6 +747,7 @@ impl EventReader {
                     tracing::warn!(lost, "perf buffers lost events");
                 }
                 self.perf_lost += lost;
+                records = self.reorder_perf(records, drain_start);
             }
         }
         let mut out = Vec::with_capacity(records.len());

@@ -3,6 +3,7 @@
 //! SIGTERM or SIGINT: it must exit 0 and leave no netlink filter or clsact
 //! behind. Also `ct list` and `chain` against the running process.
 
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,63 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// From `ns` (10.79.0.1) to an HTTP server in `peer` (10.79.0.2:8080);
+/// returns the client's address.
+fn http_exchange(ns: &NetNs, peer: &NetNs) -> SocketAddr {
+    use std::io::{Read, Write};
+    tclab_net::add_address(ns, "sdut", "10.79.0.1".parse().unwrap(), 24).unwrap();
+    tclab_net::add_address(peer, "speer", "10.79.0.2".parse().unwrap(), 24).unwrap();
+    let listener = peer.run(|| TcpListener::bind("10.79.0.2:8080").unwrap());
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 512];
+            let n = c.read(&mut buf).unwrap();
+            assert!(buf[..n].starts_with(b"GET /cli HTTP/1.1"));
+            c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+        });
+        let mut c = TcpStream::connect_timeout(&"10.79.0.2:8080".parse().unwrap(), Duration::from_secs(5)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /cli HTTP/1.1\r\nHost: peer\r\n\r\n").unwrap();
+        let mut resp = [0u8; 64];
+        let n = c.read(&mut resp).unwrap();
+        assert!(resp[..n].starts_with(b"HTTP/1.1 200 OK"));
+        c.local_addr().unwrap()
+    })
+}
+
+/// `ct list` (text and JSON) against the running agent by pid.
+fn ct_list_shows(pid: u32, client: SocketAddr) {
+    let run = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tclab-agent"));
+        cmd.args(["ct", "list", "--pid", &pid.to_string()]);
+        if json {
+            cmd.args(["--output", "json"]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Both sides have closed: wait for both FINs to be tracked.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let entry = loop {
+        let json: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+        let entry = json.as_array().unwrap().iter().find(|e| e["tuple"]["sport"] == client.port()).cloned();
+        match entry {
+            Some(e) if e["state"] == "CLOSING" => break e,
+            other => assert!(Instant::now() < deadline, "no CLOSING JSON entry for {client}: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(entry["tuple"]["dport"], 8080);
+    assert!(entry["entry"]["tx_packets"].as_u64().unwrap() >= 4, "{entry}");
+    let text = run(false);
+    let head = format!("TCP OUT {client} -> 10.79.0.2:8080 expires=");
+    let line = text.lines().find(|l| l.starts_with(&head)).unwrap_or_else(|| panic!("no {head} in:\n{text}"));
+    assert!(line.contains(" RxPackets=") && line.contains(" TxFlagsSeen=0x1b"), "{line}");
+    assert!(line.ends_with("[ RxClosing TxClosing SeenNonSyn ]"), "{line}");
+}
+
 fn stop_with(sig: Signal, tag: &str) {
     let ns = NetNs::new(&format!("sig-{tag}")).unwrap();
     let peer = NetNs::new(&format!("sig-{tag}-p")).unwrap();
@@ -48,10 +106,17 @@ fn stop_with(sig: Signal, tag: &str) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tclab-agent"))
             .args(["run", "--iface", "sdut", "--backend", "netlink", "--metrics-addr", "127.0.0.1:0"])
             .args(["--ct-max-entries", "1024"])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tclab-agent");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, stdout_lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
         let deadline = Instant::now() + Duration::from_secs(20);
         while ours_attached(idx) < 2 {
             if let Some(st) = child.try_wait().unwrap() {
@@ -68,22 +133,12 @@ fn stop_with(sig: Signal, tag: &str) {
         assert_eq!(chain["ingress"][0]["handle"], NETLINK_HANDLE);
         assert_eq!(chain["ingress"][0]["name"], "tclab_ingress");
 
-        // Some traffic for the CT table: one UDP datagram out of the device
-        // (a static neighbour, so it leaves at once instead of waiting for ARP).
-        tclab_net::add_address(&ns, "sdut", "10.79.0.1".parse().unwrap(), 24).unwrap();
-        tclab_net::add_neighbour(&ns, "sdut", "10.79.0.2".parse().unwrap(), [0x02, 0, 0, 0, 0, 0x02]).unwrap();
-        let sock = std::net::UdpSocket::bind("10.79.0.1:5555").unwrap();
-        sock.send_to(b"x", "10.79.0.2:53").unwrap();
-        let ct = Command::new(env!("CARGO_BIN_EXE_tclab-agent"))
-            .args(["ct", "list", "--pid", &child.id().to_string()])
-            .output()
-            .unwrap();
-        assert!(ct.status.success(), "{}", String::from_utf8_lossy(&ct.stderr));
-        let ct = String::from_utf8_lossy(&ct.stdout);
-        assert!(
-            ct.lines().any(|l| l.starts_with("UDP OUT 10.79.0.1:5555 -> 10.79.0.2:53 expires=") && l.contains("TxPackets=1 ")),
-            "ct list output:\n{ct}"
-        );
+        // A real HTTP exchange out of the device: the child prints a client span.
+        let client = http_exchange(&ns, &peer);
+        let line = stdout_lines.recv_timeout(Duration::from_secs(10)).expect("a span line on stdout");
+        let expect = format!(") HTTPClient 200 GET /cli [{client}]->[10.79.0.2:8080] size:0B svc=[tclab tc] traceparent=[00-");
+        assert!(line.contains(&expect), "{line}\nexpected: {expect}");
+        ct_list_shows(child.id(), client);
         kill(Pid::from_raw(child.id() as i32), sig).unwrap();
         let status = wait_exit(&mut child, Duration::from_secs(10));
         let mut stderr = String::new();
