@@ -140,6 +140,17 @@ fn tcx_programs(iface: &str, hook: Direction) -> Result<Vec<(u32, String)>, Chai
     }
 }
 
+/// Ids of every loaded program named `tclab_ingress`/`tclab_egress` (any
+/// agent's): what `tclab-agent chain` marks as ours from another process.
+pub fn agent_program_ids() -> Vec<u32> {
+    let ours = [crate::loader::PROG_INGRESS, crate::loader::PROG_EGRESS];
+    loaded_programs()
+        .flatten()
+        .filter(|p| p.name_as_str().is_some_and(|n| ours.contains(&n)))
+        .map(|p| p.id())
+        .collect()
+}
+
 fn program_names() -> HashMap<u32, String> {
     loaded_programs()
         .flatten()

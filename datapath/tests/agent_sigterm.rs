@@ -132,6 +132,8 @@ fn stop_with(sig: Signal, tag: &str) {
         let chain: serde_json::Value = serde_json::from_slice(&chain.stdout).unwrap();
         assert_eq!(chain["ingress"][0]["handle"], NETLINK_HANDLE);
         assert_eq!(chain["ingress"][0]["name"], "tclab_ingress");
+        assert_eq!(chain["ingress"][0]["ours"], true);
+        assert_eq!(chain["egress"][0]["name"], "tclab_egress");
 
         // A real HTTP exchange out of the device: the child prints a client span.
         let client = http_exchange(&ns, &peer);

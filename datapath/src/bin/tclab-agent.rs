@@ -154,7 +154,9 @@ fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::Ct { command: CtCommand::List { output, map_id, pid } } => ct_list(output, map_id, pid),
         Command::Chain { iface, output } => {
-            let c = chain::read_chain(&iface, &[]).with_context(|| format!("failed to read the chain of {iface}"))?;
+            // Ours = any tclab agent's classifiers (we are another process).
+            let c = chain::read_chain(&iface, &chain::agent_program_ids())
+                .with_context(|| format!("failed to read the chain of {iface}"))?;
             match output {
                 TextOrJson::Text => print!("{}", c.to_table()),
                 TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&c).context("failed to serialise the chain")?),
