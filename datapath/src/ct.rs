@@ -245,6 +245,21 @@ pub fn find_loaded_map(name: &str, id: Option<u32>) -> Result<Map, CtError> {
             let data = MapData::from_id(*one).map_err(|source| CtError::Map { op: "open by id", name: format!("{name} (id {one})"), source })?;
             Map::from_map_data(data).map_err(|source| CtError::Map { op: "wrap", name: format!("{name} (id {one})"), source })
         }
+        many if id.is_none() => {
+            // Several (tests or the lab embed agents too): prefer the one held
+            // by a running `tclab-agent` process, if exactly one is.
+            let agents: Vec<u32> = agent_pids()
+                .into_iter()
+                .flat_map(|pid| map_ids_of_process(pid).unwrap_or_default())
+                .filter(|i| many.contains(i))
+                .collect();
+            match agents.as_slice() {
+                [one] => find_loaded_map(name, Some(*one)),
+                _ => Err(CtError::NotFound(format!(
+                    "several maps named {name:?} (ids {many:?}; several agents running?): pick one with --pid or --map-id"
+                ))),
+            }
+        }
         many => Err(CtError::NotFound(format!(
             "several maps named {name:?} (ids {many:?}; several agents running?): pick one with --pid or --map-id"
         ))),
@@ -267,6 +282,15 @@ pub fn map_ids_of_process(pid: u32) -> Result<Vec<u32>, CtError> {
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)
+}
+
+/// Pids of running processes named `tclab-agent` (from `/proc/*/comm`).
+fn agent_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "tclab-agent"))
+        .collect()
 }
 
 /// Find the CT map held by process `pid` (a running `tclab-agent`).

@@ -26,6 +26,19 @@ fn ours_attached(idx: u32) -> usize {
         .sum()
 }
 
+/// Kills the agent if the test fails before it is stopped on purpose, so
+/// no `tclab-agent` (and the namespace it holds) outlives a failed test.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
@@ -103,13 +116,15 @@ fn stop_with(sig: Signal, tag: &str) {
     tclab_net::create_veth_pair(&ns, "sdut", &peer, "speer", None).unwrap();
     ns.run(|| {
         let idx = ifindex("sdut");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tclab-agent"))
+        let child = Command::new(env!("CARGO_BIN_EXE_tclab-agent"))
             .args(["run", "--iface", "sdut", "--backend", "netlink", "--metrics-addr", "127.0.0.1:0"])
             .args(["--ct-max-entries", "1024"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tclab-agent");
+        let mut guard = ChildGuard(child);
+        let child = &mut guard.0;
         let stdout = child.stdout.take().unwrap();
         let (tx, stdout_lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -120,8 +135,9 @@ fn stop_with(sig: Signal, tag: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while ours_attached(idx) < 2 {
             if let Some(st) = child.try_wait().unwrap() {
-                let out = child.wait_with_output().unwrap();
-                panic!("tclab-agent exited early ({st}): {}", String::from_utf8_lossy(&out.stderr));
+                let mut err = String::new();
+                let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+                panic!("tclab-agent exited early ({st}): {err}");
             }
             assert!(Instant::now() < deadline, "tclab-agent never attached");
             std::thread::sleep(Duration::from_millis(20));
@@ -142,7 +158,7 @@ fn stop_with(sig: Signal, tag: &str) {
         assert!(line.contains(&expect), "{line}\nexpected: {expect}");
         ct_list_shows(child.id(), client);
         kill(Pid::from_raw(child.id() as i32), sig).unwrap();
-        let status = wait_exit(&mut child, Duration::from_secs(10));
+        let status = wait_exit(child, Duration::from_secs(10));
         let mut stderr = String::new();
         use std::io::Read;
         child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
