@@ -156,6 +156,25 @@ fn netlink_agent_coexists_with_foreign_filter_at_same_priority() {
     });
 }
 
+/// The agent is Send: the lab may start it on a thread inside the namespace
+/// and drop it elsewhere. Netlink detach must still happen in the namespace
+/// it was attached in (not the dropping thread's).
+#[test]
+fn netlink_agent_dropped_on_another_thread_detaches_in_its_namespace() {
+    if !tclab_net::require::root("netlink_agent_dropped_on_another_thread_detaches_in_its_namespace") {
+        return;
+    }
+    let (ns, _peer) = device("xthr");
+    let agent = ns.run(|| start(Backend::Netlink).expect("agent"));
+    assert_eq!(ns.run(|| tc::list_filters(ifindex(), Direction::Ingress).unwrap().len()), 1);
+    drop(agent); // on the test thread, in the host namespace
+    ns.run(|| {
+        assert!(tc::list_filters(ifindex(), Direction::Ingress).unwrap().is_empty());
+        assert!(tc::list_filters(ifindex(), Direction::Egress).unwrap().is_empty());
+        assert!(!tc::has_clsact(ifindex()).unwrap(), "our clsact removed too");
+    });
+}
+
 #[test]
 fn netlink_conflict_is_an_error_and_rolls_back() {
     if !tclab_net::require::root("netlink_conflict_is_an_error_and_rolls_back") {
