@@ -134,7 +134,8 @@ fn run_step(step: &Step, chain: &mut LiveChain) -> anyhow::Result<()> {
 fn collect_spans(reader: &mut Option<EventReader>, spans: &mut SpanBuilder, result: &mut ScenarioResult) {
     let Some(reader) = reader else { return };
     for event in reader.drain() {
-        if let Some(span) = spans.push(&event) {
+        // One response segment can complete several pipelined requests.
+        for span in spans.push_all(&event) {
             result.spans.push(span.snapshot_line());
         }
     }
