@@ -92,6 +92,14 @@ pub struct CtRecord {
     pub entry: CtEntry,
 }
 
+fn endpoint(ip: std::net::IpAddr, port: Option<u16>) -> String {
+    match (ip, port) {
+        (std::net::IpAddr::V4(v4), Some(p)) => format!("{v4}:{p}"),
+        (std::net::IpAddr::V6(v6), Some(p)) => format!("[{v6}]:{p}"),
+        (ip, None) => ip.to_string(),
+    }
+}
+
 fn proto_name(p: u8) -> String {
     match p {
         6 => "TCP".into(),
@@ -142,11 +150,18 @@ impl CtRecord {
     fn head(&self) -> String {
         let dir = if self.entry.created_dir == 0 { "IN" } else { "OUT" };
         let t = &self.tuple;
-        let addr = |ip: std::net::IpAddr, port: u16| match ip {
-            std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
-            std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-        };
-        format!("{} {dir} {} -> {}", proto_name(t.proto), addr(t.saddr, t.sport), addr(t.daddr, t.dport))
+        let (src, dst) = (endpoint(t.saddr, Some(t.sport)), endpoint(t.daddr, Some(t.dport)));
+        format!("{} {dir} {src} -> {dst}", proto_name(t.proto))
+    }
+
+    /// `TCP 10.0.0.1:5555 -> 10.0.0.2:80` (`ICMP 10.0.0.1 -> 10.0.0.2`: no
+    /// ports for ICMP): the tuple without the direction, as scenario files
+    /// name a CT entry.
+    pub fn tuple_line(&self) -> String {
+        let t = &self.tuple;
+        let port = |p: u16| (!matches!(t.proto, 1 | 58)).then_some(p);
+        let (src, dst) = (endpoint(t.saddr, port(t.sport)), endpoint(t.daddr, port(t.dport)));
+        format!("{} {src} -> {dst}", proto_name(t.proto))
     }
 
     fn counters(&self) -> String {
@@ -353,6 +368,16 @@ mod tests {
                 last_status: 1,
             },
         }
+    }
+
+    #[test]
+    fn tuple_line_omits_direction_and_icmp_ports() {
+        let mut r = rec(0);
+        assert_eq!(r.tuple_line(), "TCP 10.0.0.1:5555 -> 10.0.0.2:80");
+        r.tuple.proto = 1;
+        assert_eq!(r.tuple_line(), "ICMP 10.0.0.1 -> 10.0.0.2");
+        r.tuple = Tuple { saddr: "fd00::1".parse().unwrap(), daddr: "fd00::2".parse().unwrap(), sport: 53, dport: 53, proto: 17 };
+        assert_eq!(r.tuple_line(), "UDP [fd00::1]:53 -> [fd00::2]:53");
     }
 
     #[test]

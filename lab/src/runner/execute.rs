@@ -149,29 +149,12 @@ fn collect_agent_state(chain: &mut LiveChain, result: &mut ScenarioResult) -> an
     tclab_datapath::ct::sort_records(&mut records);
     for r in &records {
         result.ct.push(r.normalised_line());
-        result.ct_states.push((tuple_line(&r.tuple), r.state().name().to_string()));
+        result.ct_states.push((r.tuple_line(), r.state().name().to_string()));
     }
     let counters = dp.counters().context("failed to read the agent's counters")?;
     result.events_lost = counters.get(tclab_datapath::types::Counter::EventsLost);
     result.agent_counters = counters.iter().filter(|(_, v)| *v > 0).map(|(k, v)| (k.to_string(), v)).collect();
     Ok(())
-}
-
-/// `TCP 10.0.0.1:5555 -> 10.0.0.2:80`, as scenario CT checks name a tuple.
-fn tuple_line(t: &tclab_datapath::events::Tuple) -> String {
-    let ep = |ip: std::net::IpAddr, port: u16| match (ip, t.proto) {
-        (_, 1 | 58) => ip.to_string(),
-        (std::net::IpAddr::V4(v4), _) => format!("{v4}:{port}"),
-        (std::net::IpAddr::V6(v6), _) => format!("[{v6}]:{port}"),
-    };
-    let proto = match t.proto {
-        6 => "TCP".to_string(),
-        17 => "UDP".to_string(),
-        1 => "ICMP".to_string(),
-        58 => "ICMPv6".to_string(),
-        p => format!("proto{p}"),
-    };
-    format!("{proto} {} -> {}", ep(t.saddr, t.sport), ep(t.daddr, t.dport))
 }
 
 fn collect_output(
