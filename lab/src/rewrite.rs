@@ -5,17 +5,12 @@
 //! frame whose checksum was wrong in the capture is still wrong after the
 //! rewrite: a replay never repairs what it was given.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
-/// Address mappings applied to every frame of a replay.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rewrite {
-    pub macs: HashMap<[u8; 6], [u8; 6]>,
-    pub ips: HashMap<IpAddr, IpAddr>,
-}
+/// The address mappings of a `[[replay]]` (pcap address → topology address).
+pub use crate::scenario::Rewrite;
 
 /// Why a frame could not be rewritten.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,54 +19,49 @@ pub enum RewriteError {
     FamilyMismatch { from: IpAddr, to: IpAddr },
 }
 
-impl Rewrite {
-    pub fn is_empty(&self) -> bool {
-        self.macs.is_empty() && self.ips.is_empty()
-    }
-
-    /// Rewrite `frame` in place. Frames that do not parse as far as the
-    /// addresses are left as they are (a replay passes them through).
-    pub fn apply(&self, frame: &mut [u8]) -> Result<(), RewriteError> {
-        for (from, to) in &self.ips {
-            if from.is_ipv4() != to.is_ipv4() {
-                return Err(RewriteError::FamilyMismatch { from: *from, to: *to });
-            }
-        }
-        self.rewrite_macs(frame);
-        let Some(layout) = Layout::of(frame) else { return Ok(()) };
-        self.rewrite_ips(frame, &layout);
-        Ok(())
-    }
-
-    fn rewrite_macs(&self, frame: &mut [u8]) {
-        if frame.len() < 12 {
-            return;
-        }
-        for range in [0..6, 6..12] {
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(&frame[range.clone()]);
-            if let Some(new) = self.macs.get(&mac) {
-                frame[range].copy_from_slice(new);
-            }
+/// Rewrite `frame` in place. Frames that do not parse as far as the
+/// addresses are left as they are (a replay passes them through).
+pub fn apply(rw: &Rewrite, frame: &mut [u8]) -> Result<(), RewriteError> {
+    for (from, to) in &rw.ip {
+        if from.is_ipv4() != to.is_ipv4() {
+            return Err(RewriteError::FamilyMismatch { from: *from, to: *to });
         }
     }
+    rewrite_macs(rw, frame);
+    if let Some(layout) = Layout::of(frame) {
+        rewrite_ips(rw, frame, &layout);
+    }
+    Ok(())
+}
 
-    fn rewrite_ips(&self, frame: &mut [u8], l: &Layout) {
-        let addr_len = if l.v4 { 4 } else { 16 };
-        for addr_off in [l.src, l.dst] {
-            let old = read_ip(&frame[addr_off..addr_off + addr_len]);
-            let Some(new) = self.ips.get(&old) else { continue };
-            let new_bytes = ip_bytes(new);
-            let old_bytes = frame[addr_off..addr_off + addr_len].to_vec();
-            frame[addr_off..addr_off + addr_len].copy_from_slice(&new_bytes);
-            // The IPv4 header checksum covers the addresses; TCP, UDP and
-            // ICMPv6 checksums cover them through the pseudo-header.
-            if let Some(ip_csum) = l.ip_csum {
-                update_checksum(frame, ip_csum, &old_bytes, &new_bytes, false);
-            }
-            if let Some((l4_csum, zero_means_none)) = l.l4_csum {
-                update_checksum(frame, l4_csum, &old_bytes, &new_bytes, zero_means_none);
-            }
+fn rewrite_macs(rw: &Rewrite, frame: &mut [u8]) {
+    if frame.len() < 12 {
+        return;
+    }
+    for range in [0..6, 6..12] {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&frame[range.clone()]);
+        if let Some(new) = rw.mac.get(&mac) {
+            frame[range].copy_from_slice(new);
+        }
+    }
+}
+
+fn rewrite_ips(rw: &Rewrite, frame: &mut [u8], l: &Layout) {
+    let addr_len = if l.v4 { 4 } else { 16 };
+    for addr_off in [l.src, l.dst] {
+        let old = read_ip(&frame[addr_off..addr_off + addr_len]);
+        let Some(new) = rw.ip.get(&old) else { continue };
+        let new_bytes = ip_bytes(new);
+        let old_bytes = frame[addr_off..addr_off + addr_len].to_vec();
+        frame[addr_off..addr_off + addr_len].copy_from_slice(&new_bytes);
+        // The IPv4 header checksum covers the addresses; TCP, UDP and
+        // ICMPv6 checksums cover them through the pseudo-header.
+        if let Some(ip_csum) = l.ip_csum {
+            update_checksum(frame, ip_csum, &old_bytes, &new_bytes, false);
+        }
+        if let Some((l4_csum, zero_means_none)) = l.l4_csum {
+            update_checksum(frame, l4_csum, &old_bytes, &new_bytes, zero_means_none);
         }
     }
 }
@@ -163,18 +153,17 @@ mod tests {
     }
 
     fn rewrite(pairs: &[(&str, &str)]) -> Rewrite {
-        let ips = pairs
+        let ip = pairs
             .iter()
             .map(|(a, b)| (a.parse().expect("ip"), b.parse().expect("ip")))
             .collect();
-        Rewrite { macs: HashMap::from([([1; 6], [0xaa; 6])]), ips }
+        Rewrite { mac: std::collections::BTreeMap::from([([1; 6], [0xaa; 6])]), ip }
     }
 
     #[test]
     fn ipv4_tcp_rewrite_keeps_checksums_valid() {
         let mut frame = v4_tcp();
-        rewrite(&[("10.0.0.1", "192.0.2.7"), ("10.0.0.2", "198.51.100.9")])
-            .apply(&mut frame)
+        apply(&rewrite(&[("10.0.0.1", "192.0.2.7"), ("10.0.0.2", "198.51.100.9")]), &mut frame)
             .expect("apply");
         let s = summarize(&frame);
         assert_eq!(s.src.as_deref(), Some("192.0.2.7:1000"));
@@ -189,7 +178,7 @@ mod tests {
         let mut frame = v4_tcp();
         let last = frame.len() - 1;
         frame[last] ^= 1;
-        rewrite(&[("10.0.0.1", "192.0.2.7")]).apply(&mut frame).expect("apply");
+        apply(&rewrite(&[("10.0.0.1", "192.0.2.7")]), &mut frame).expect("apply");
         assert_eq!(summarize(&frame).checksums_ok, Some(false));
     }
 
@@ -201,7 +190,7 @@ mod tests {
             .udp(53, 53)
             .write(&mut frame, b"payload")
             .expect("frame");
-        rewrite(&[("fd00::1", "2001:db8::5")]).apply(&mut frame).expect("apply");
+        apply(&rewrite(&[("fd00::1", "2001:db8::5")]), &mut frame).expect("apply");
         let s = summarize(&frame);
         assert_eq!(s.src.as_deref(), Some("[2001:db8::5]:53"));
         assert_eq!(s.checksums_ok, Some(true));
@@ -210,7 +199,7 @@ mod tests {
     #[test]
     fn family_mismatch_is_an_error() {
         let mut frame = v4_tcp();
-        let err = rewrite(&[("10.0.0.1", "fd00::1")]).apply(&mut frame).expect_err("mismatch");
+        let err = apply(&rewrite(&[("10.0.0.1", "fd00::1")]), &mut frame).expect_err("mismatch");
         assert!(err.to_string().contains("address families differ"), "{err}");
     }
 }

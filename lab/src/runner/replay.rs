@@ -52,7 +52,6 @@ pub fn replay(
     let packets = crate::pcap::read_file(&replay.pcap)
         .with_context(|| format!("failed to read {}", replay.pcap.display()))?;
     let pcap_name = file_name(&replay.pcap);
-    let rw = to_rewrite(&replay.rewrite);
     let names = counters.names();
     let mut lines = Vec::with_capacity(packets.len());
     let mut previous_ts = None;
@@ -60,7 +59,7 @@ pub fn replay(
         pace(replay.pacing, previous_ts, packet.ts);
         previous_ts = Some(packet.ts);
         let mut data = packet.data.clone();
-        rw.apply(&mut data)
+        rewrite::apply(&replay.rewrite, &mut data)
             .with_context(|| format!("{}: packet {}: rewrite", replay.pcap.display(), packet.index))?;
         let hook = hook_of(&data, topology);
         let before = counters.read()?;
@@ -133,13 +132,6 @@ pub fn hook_name(hook: Direction) -> &'static str {
         Direction::Ingress => "ingress",
         Direction::Egress => "egress",
         Direction::Both => "both",
-    }
-}
-
-fn to_rewrite(rw: &crate::scenario::Rewrite) -> rewrite::Rewrite {
-    rewrite::Rewrite {
-        macs: rw.mac.iter().map(|(k, v)| (*k, *v)).collect(),
-        ips: rw.ip.iter().map(|(k, v)| (*k, *v)).collect(),
     }
 }
 
