@@ -15,19 +15,8 @@ use std::fmt::Write as _;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError, loaded_maps};
 use serde::{Deserialize, Serialize};
 
-use crate::events::{CtEntry, Tuple, layout};
-
-/// `enum ct_entry_flag` bits.
-pub mod flag {
-    /// FIN/RST seen from the reply side.
-    pub const RX_CLOSING: u8 = 1 << 0;
-    /// FIN/RST seen from the originator.
-    pub const TX_CLOSING: u8 = 1 << 1;
-    /// A packet without SYN was seen.
-    pub const SEEN_NON_SYN: u8 = 1 << 2;
-    /// Request started, traceparent not yet found.
-    pub const HTTP_PENDING: u8 = 1 << 3;
-}
+pub use crate::types::ct_flags as flag;
+use crate::types::{CtEntry, CtTuple};
 
 /// Errors reading a CT map.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +34,7 @@ pub enum CtError {
     /// No or several maps of that name are loaded.
     #[error("failed to find the CT map: {0}")]
     NotFound(String),
-    /// A key failed to decode.
+    /// A key holds an impossible value.
     #[error("failed to decode CT key in map {name}: {reason}")]
     Decode {
         /// Map name.
@@ -54,10 +43,6 @@ pub enum CtError {
         reason: String,
     },
 }
-
-/// Raw key/value as stored; decoded with [`Tuple::decode`]/[`CtEntry::decode`].
-type RawKey = [u8; layout::TUPLE_SIZE];
-type RawValue = [u8; layout::ENTRY_SIZE];
 
 /// Connection state derived from the entry's flags (Cilium keeps no state
 /// field; this is what the flags mean).
@@ -87,7 +72,7 @@ impl CtState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CtRecord {
     /// Originator-direction tuple.
-    pub tuple: Tuple,
+    pub tuple: CtTuple,
     /// The value.
     pub entry: CtEntry,
 }
@@ -113,12 +98,7 @@ fn proto_name(p: u8) -> String {
 /// Cilium's flag list: `[ RxClosing TxClosing SeenNonSyn ]`.
 pub fn flags_string(flags: u8) -> String {
     let mut s = String::from("[ ");
-    for (bit, name) in [
-        (flag::RX_CLOSING, "RxClosing"),
-        (flag::TX_CLOSING, "TxClosing"),
-        (flag::SEEN_NON_SYN, "SeenNonSyn"),
-        (flag::HTTP_PENDING, "HttpPending"),
-    ] {
+    for (bit, name) in flag::NAMES {
         if flags & bit != 0 {
             s.push_str(name);
             s.push(' ');
@@ -138,7 +118,7 @@ impl CtRecord {
         let f = self.entry.flags;
         if f & (flag::RX_CLOSING | flag::TX_CLOSING) != 0 {
             CtState::Closing
-        } else if self.tuple.proto == 6 {
+        } else if self.tuple.nexthdr == 6 {
             if f & flag::SEEN_NON_SYN != 0 { CtState::Established } else { CtState::New }
         } else if self.entry.rx_packets > 0 {
             CtState::Established
@@ -150,8 +130,8 @@ impl CtRecord {
     fn head(&self) -> String {
         let dir = if self.entry.created_dir == 0 { "IN" } else { "OUT" };
         let t = &self.tuple;
-        let (src, dst) = (endpoint(t.saddr, Some(t.sport)), endpoint(t.daddr, Some(t.dport)));
-        format!("{} {dir} {src} -> {dst}", proto_name(t.proto))
+        let (src, dst) = (endpoint(t.src_ip(), Some(t.src_port())), endpoint(t.dst_ip(), Some(t.dst_port())));
+        format!("{} {dir} {src} -> {dst}", proto_name(t.nexthdr))
     }
 
     /// `TCP 10.0.0.1:5555 -> 10.0.0.2:80` (`ICMP 10.0.0.1 -> 10.0.0.2`: no
@@ -159,9 +139,9 @@ impl CtRecord {
     /// name a CT entry.
     pub fn tuple_line(&self) -> String {
         let t = &self.tuple;
-        let port = |p: u16| (!matches!(t.proto, 1 | 58)).then_some(p);
-        let (src, dst) = (endpoint(t.saddr, port(t.sport)), endpoint(t.daddr, port(t.dport)));
-        format!("{} {src} -> {dst}", proto_name(t.proto))
+        let port = |p: u16| (!matches!(t.nexthdr, 1 | 58)).then_some(p);
+        let (src, dst) = (endpoint(t.src_ip(), port(t.src_port())), endpoint(t.dst_ip(), port(t.dst_port())));
+        format!("{} {src} -> {dst}", proto_name(t.nexthdr))
     }
 
     fn counters(&self) -> String {
@@ -211,7 +191,7 @@ pub struct CtJson {
 
 /// Sort records by tuple so listings are stable.
 pub fn sort_records(records: &mut [CtRecord]) {
-    records.sort_by_key(|r| (r.tuple.saddr, r.tuple.sport, r.tuple.daddr, r.tuple.dport, r.tuple.proto));
+    records.sort_by_key(|r| r.tuple.sort_key());
 }
 
 /// Read every entry of a CT map (LRU or plain hash). Keys deleted while
@@ -220,21 +200,20 @@ pub fn sort_records(records: &mut [CtRecord]) {
 /// # Errors
 /// [`CtError`] when the map has the wrong type or sizes, or a key is corrupt.
 pub fn read_ct(map: &Map, name: &str) -> Result<Vec<CtRecord>, CtError> {
-    let hm: BpfHashMap<&MapData, RawKey, RawValue> =
+    let hm: BpfHashMap<&MapData, CtTuple, CtEntry> =
         BpfHashMap::try_from(map).map_err(|source| CtError::Map { op: "open", name: name.to_owned(), source })?;
     collect(&hm, name)
 }
 
-fn collect(hm: &BpfHashMap<&MapData, RawKey, RawValue>, name: &str) -> Result<Vec<CtRecord>, CtError> {
+fn collect(hm: &BpfHashMap<&MapData, CtTuple, CtEntry>, name: &str) -> Result<Vec<CtRecord>, CtError> {
     let mut out = Vec::new();
     for item in hm.iter() {
-        let (k, v) = match item {
+        let (tuple, entry) = match item {
             Ok(kv) => kv,
             Err(MapError::KeyNotFound) => continue,
             Err(source) => return Err(CtError::Map { op: "iterate", name: name.to_owned(), source }),
         };
-        let tuple = Tuple::decode(&k).map_err(|reason| CtError::Decode { name: name.to_owned(), reason })?;
-        let entry = CtEntry::decode(&v).map_err(|reason| CtError::Decode { name: name.to_owned(), reason })?;
+        tuple.validate().map_err(|reason| CtError::Decode { name: name.to_owned(), reason })?;
         out.push(CtRecord { tuple, entry });
     }
     sort_records(&mut out);
@@ -353,7 +332,7 @@ mod tests {
 
     fn rec(flags: u8) -> CtRecord {
         CtRecord {
-            tuple: Tuple { saddr: "10.0.0.1".parse().unwrap(), daddr: "10.0.0.2".parse().unwrap(), sport: 5555, dport: 80, proto: 6 },
+            tuple: CtTuple::new("10.0.0.1:5555".parse().unwrap(), "10.0.0.2:80".parse().unwrap(), 6),
             entry: CtEntry {
                 tx_packets: 3,
                 tx_bytes: 180,
@@ -366,6 +345,7 @@ mod tests {
                 flags,
                 created_dir: 1,
                 last_status: 1,
+                _pad: [0; 3],
             },
         }
     }
@@ -374,9 +354,9 @@ mod tests {
     fn tuple_line_omits_direction_and_icmp_ports() {
         let mut r = rec(0);
         assert_eq!(r.tuple_line(), "TCP 10.0.0.1:5555 -> 10.0.0.2:80");
-        r.tuple.proto = 1;
+        r.tuple.nexthdr = 1;
         assert_eq!(r.tuple_line(), "ICMP 10.0.0.1 -> 10.0.0.2");
-        r.tuple = Tuple { saddr: "fd00::1".parse().unwrap(), daddr: "fd00::2".parse().unwrap(), sport: 53, dport: 53, proto: 17 };
+        r.tuple = CtTuple::new("[fd00::1]:53".parse().unwrap(), "[fd00::2]:53".parse().unwrap(), 17);
         assert_eq!(r.tuple_line(), "UDP [fd00::1]:53 -> [fd00::2]:53");
     }
 

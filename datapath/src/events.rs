@@ -1,13 +1,13 @@
 //! Ring-buffer events from the classifiers, decoded into [`Event`].
 //!
-//! The wire layout is `ebpf/include/tclab_types.h` (`event_header`,
-//! `http_event`, `conn_event`). Decoding is done from bytes at the header's
-//! offsets (checked against the `#[repr(C)]` mirrors in `types.rs` by a test),
-//! so a short or corrupt record is an error, never undefined behaviour.
-//! Method, path, host, status and Content-Length are parsed here from the
-//! captured payload; the traceparent verdict is the kernel's.
+//! A record is read as the `#[repr(C)]` mirror of its C struct
+//! ([`EventHeader`], [`HttpEvent`], [`ConnEvent`] in [`crate::types`], whose
+//! layout test checks them against the object's BTF): one definition of the
+//! wire format. A short or corrupt record is an error, never undefined
+//! behaviour. Method, path, host, status and Content-Length are parsed here
+//! from the captured payload; the traceparent verdict is the kernel's.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::mem::size_of;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -15,64 +15,9 @@ use aya::maps::perf::{PerfEvent, PerfEventArray, PerfEventArrayBuffer};
 use aya::maps::{MapData, RingBuf};
 use serde::{Deserialize, Serialize};
 
-/// Event kinds (`enum tclab_event_kind`).
-pub mod kind {
-    /// Connection opened (CT entry created).
-    pub const CONN_OPEN: u32 = 1;
-    /// Connection closed (FIN/RST on both sides).
-    pub const CONN_CLOSE: u32 = 2;
-    /// HTTP request line seen.
-    pub const HTTP_REQUEST: u32 = 3;
-    /// HTTP status line seen.
-    pub const HTTP_RESPONSE: u32 = 4;
-    /// CT insert failed (table full).
-    pub const CT_INSERT_FAILED: u32 = 5;
-    /// Later segment of a request whose headers were split.
-    pub const HTTP_CONTINUATION: u32 = 6;
-}
-
-/// Byte offsets and sizes of tclab_types.h, taken from the `#[repr(C)]`
-/// mirrors in [`crate::types`] (whose layout test checks them against the
-/// C structs), so the decoder cannot drift from the programs.
-pub mod layout {
-    use std::mem::{offset_of, size_of};
-
-    use crate::types::{ConnEvent, CtEntry, CtTuple, EventHeader, HttpEvent};
-
-    /// `sizeof(struct ct_tuple)`.
-    pub const TUPLE_SIZE: usize = size_of::<CtTuple>();
-    /// `sizeof(struct ct_entry)`.
-    pub const ENTRY_SIZE: usize = size_of::<CtEntry>();
-    /// `sizeof(struct event_header)`.
-    pub const HEADER_SIZE: usize = size_of::<EventHeader>();
-    /// `offsetof(struct event_header, tuple)`.
-    pub const HDR_TUPLE: usize = offset_of!(EventHeader, tuple);
-    /// `offsetof(struct event_header, dir)`.
-    pub const HDR_DIR: usize = offset_of!(EventHeader, dir);
-    /// `offsetof(struct http_event, payload_len)`.
-    pub const HTTP_PAYLOAD_LEN: usize = offset_of!(HttpEvent, payload_len);
-    /// `offsetof(struct http_event, captured_len)`.
-    pub const HTTP_CAPTURED_LEN: usize = offset_of!(HttpEvent, captured_len);
-    /// `offsetof(struct http_event, traceparent_status)`.
-    pub const HTTP_TP_STATUS: usize = offset_of!(HttpEvent, traceparent_status);
-    /// `offsetof(struct http_event, tracestate_len)`.
-    pub const HTTP_TS_LEN: usize = offset_of!(HttpEvent, tracestate_len);
-    /// `offsetof(struct http_event, traceparent)`.
-    pub const HTTP_TRACEPARENT: usize = offset_of!(HttpEvent, traceparent);
-    /// `TCLAB_TRACEPARENT_LEN + 1`.
-    pub const TRACEPARENT_CAP: usize = HTTP_TRACESTATE_PAD_START - HTTP_TRACEPARENT;
-    const HTTP_TRACESTATE_PAD_START: usize = offset_of!(HttpEvent, _pad);
-    /// `offsetof(struct http_event, tracestate)`.
-    pub const HTTP_TRACESTATE: usize = offset_of!(HttpEvent, tracestate);
-    /// `TCLAB_TRACESTATE_MAX`.
-    pub const TRACESTATE_CAP: usize = HTTP_PAYLOAD - HTTP_TRACESTATE;
-    /// `offsetof(struct http_event, payload)`.
-    pub const HTTP_PAYLOAD: usize = offset_of!(HttpEvent, payload);
-    /// `TCLAB_PAYLOAD_CAPTURE`.
-    pub const PAYLOAD_CAP: usize = size_of::<HttpEvent>() - HTTP_PAYLOAD;
-    /// `offsetof(struct conn_event, entry)`.
-    pub const CONN_ENTRY: usize = offset_of!(ConnEvent, entry);
-}
+use crate::types::{
+    ConnEvent, CtEntry, CtTuple, Dir, EventHeader, EventKind, HttpEvent, TraceparentStatus, read_struct,
+};
 
 /// A decoding failure: which record, and what was wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -80,7 +25,7 @@ pub enum EventError {
     /// The record is shorter than its kind requires.
     #[error("failed to decode event kind {kind}: record is {len} bytes, expected at least {need}")]
     Short {
-        /// Event kind.
+        /// Event kind (0 when the record is too short to hold one).
         kind: u32,
         /// Record length.
         len: usize,
@@ -100,125 +45,6 @@ pub enum EventError {
     },
 }
 
-/// Which TC hook saw the packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Received on the device.
-    Ingress,
-    /// Sent through the device.
-    Egress,
-}
-
-/// A connection 5-tuple as the packet carried it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Tuple {
-    /// Source address.
-    pub saddr: IpAddr,
-    /// Destination address.
-    pub daddr: IpAddr,
-    /// Source port (host order).
-    pub sport: u16,
-    /// Destination port (host order).
-    pub dport: u16,
-    /// IP protocol number.
-    pub proto: u8,
-}
-
-impl Tuple {
-    /// The same connection seen from the other side.
-    pub fn reversed(&self) -> Tuple {
-        Tuple { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport, proto: self.proto }
-    }
-
-    /// Decode a `struct ct_tuple`.
-    pub fn decode(b: &[u8]) -> Result<Tuple, String> {
-        if b.len() < layout::TUPLE_SIZE {
-            return Err(format!("tuple is {} bytes, expected {}", b.len(), layout::TUPLE_SIZE));
-        }
-        let addr = |a: &[u8]| -> Result<IpAddr, String> {
-            match b[37] {
-                4 => Ok(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
-                6 => Ok(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&a[..16]).unwrap_or([0; 16])))),
-                f => Err(format!("unknown address family {f}")),
-            }
-        };
-        Ok(Tuple {
-            saddr: addr(&b[0..16])?,
-            daddr: addr(&b[16..32])?,
-            sport: u16::from_be_bytes([b[32], b[33]]),
-            dport: u16::from_be_bytes([b[34], b[35]]),
-            proto: b[36],
-        })
-    }
-
-    /// Encode as a `struct ct_tuple` (for CT map lookups and tests).
-    pub fn encode(&self) -> [u8; layout::TUPLE_SIZE] {
-        let mut b = [0u8; layout::TUPLE_SIZE];
-        let put = |dst: &mut [u8], a: &IpAddr| match a {
-            IpAddr::V4(v4) => dst[..4].copy_from_slice(&v4.octets()),
-            IpAddr::V6(v6) => dst[..16].copy_from_slice(&v6.octets()),
-        };
-        put(&mut b[0..16], &self.saddr);
-        put(&mut b[16..32], &self.daddr);
-        b[32..34].copy_from_slice(&self.sport.to_be_bytes());
-        b[34..36].copy_from_slice(&self.dport.to_be_bytes());
-        b[36] = self.proto;
-        b[37] = if self.saddr.is_ipv4() { 4 } else { 6 };
-        b
-    }
-}
-
-/// A `struct ct_entry`, decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct CtEntry {
-    /// Originator-direction packets.
-    pub tx_packets: u64,
-    /// Originator-direction bytes.
-    pub tx_bytes: u64,
-    /// Reply-direction packets.
-    pub rx_packets: u64,
-    /// Reply-direction bytes.
-    pub rx_bytes: u64,
-    /// Insert time (CLOCK_MONOTONIC ns).
-    pub created_ns: u64,
-    /// Expiry (CLOCK_MONOTONIC ns).
-    pub expires_ns: u64,
-    /// TCP flags OR-ed, originator.
-    pub tx_flags_seen: u8,
-    /// TCP flags OR-ed, reply.
-    pub rx_flags_seen: u8,
-    /// `enum ct_entry_flag` bits.
-    pub flags: u8,
-    /// Hook of the creating packet (0 ingress, 1 egress).
-    pub created_dir: u8,
-    /// `enum ct_status` of the last packet.
-    pub last_status: u8,
-}
-
-impl CtEntry {
-    /// Decode a `struct ct_entry`.
-    pub fn decode(b: &[u8]) -> Result<CtEntry, String> {
-        if b.len() < layout::ENTRY_SIZE {
-            return Err(format!("ct entry is {} bytes, expected {}", b.len(), layout::ENTRY_SIZE));
-        }
-        let u = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-        Ok(CtEntry {
-            tx_packets: u(0),
-            tx_bytes: u(1),
-            rx_packets: u(2),
-            rx_bytes: u(3),
-            created_ns: u(4),
-            expires_ns: u(5),
-            tx_flags_seen: b[48],
-            rx_flags_seen: b[49],
-            flags: b[50],
-            created_dir: b[51],
-            last_status: b[52],
-        })
-    }
-}
-
 /// Fields every event carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventMeta {
@@ -227,13 +53,25 @@ pub struct EventMeta {
     /// Device the program is attached to.
     pub ifindex: u32,
     /// The packet's own tuple (not the CT key).
-    pub tuple: Tuple,
+    pub tuple: CtTuple,
     /// Hook that saw it.
-    pub dir: Direction,
+    pub dir: Dir,
     /// `enum ct_status` of the lookup.
     pub ct_status: u8,
     /// TCP flags of the packet.
     pub tcp_flags: u8,
+}
+
+impl EventMeta {
+    /// The common fields of a record's header, checked.
+    ///
+    /// # Errors
+    /// What is wrong (unknown family or direction).
+    pub fn from_header(h: &EventHeader) -> Result<EventMeta, String> {
+        h.tuple.validate()?;
+        let dir = Dir::from_raw(h.dir).ok_or_else(|| format!("unknown direction {}", h.dir))?;
+        Ok(EventMeta { ts_ns: h.ts_ns, ifindex: h.ifindex, tuple: h.tuple, dir, ct_status: h.ct_status, tcp_flags: h.tcp_flags })
+    }
 }
 
 /// The kernel's W3C verdict on the request's traceparent header.
@@ -356,49 +194,27 @@ impl Event {
     /// # Errors
     /// [`EventError`] for short records, unknown kinds, bad families.
     pub fn decode(b: &[u8]) -> Result<Event, EventError> {
-        if b.len() < 12 {
-            return Err(EventError::Short { kind: 0, len: b.len(), need: layout::HEADER_SIZE });
-        }
-        let kind = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
-        let need = match kind {
-            kind::CONN_OPEN | kind::CONN_CLOSE | kind::CT_INSERT_FAILED => layout::CONN_ENTRY + layout::ENTRY_SIZE,
-            kind::HTTP_REQUEST | kind::HTTP_RESPONSE | kind::HTTP_CONTINUATION => {
-                layout::HTTP_PAYLOAD + layout::PAYLOAD_CAP
-            }
-            k => return Err(EventError::UnknownKind(k)),
+        let short = |kind: u32, need: usize| EventError::Short { kind, len: b.len(), need };
+        let Some(hdr) = read_struct::<EventHeader>(b) else {
+            let kind = b.get(8..12).map_or(0, |k| u32::from_ne_bytes([k[0], k[1], k[2], k[3]]));
+            return Err(short(kind, size_of::<EventHeader>()));
         };
-        if b.len() < need {
-            return Err(EventError::Short { kind, len: b.len(), need });
+        let kind = EventKind::from_raw(hdr.kind).ok_or(EventError::UnknownKind(hdr.kind))?;
+        let invalid = |reason: String| EventError::Invalid { kind: hdr.kind, reason };
+        if kind.is_http() {
+            let ev = read_struct::<HttpEvent>(b).ok_or_else(|| short(hdr.kind, size_of::<HttpEvent>()))?;
+            let meta = EventMeta::from_header(&ev.hdr).map_err(invalid)?;
+            return decode_http(kind, meta, &ev);
         }
-        let meta = decode_meta(kind, b)?;
-        let invalid = |reason: String| EventError::Invalid { kind, reason };
+        let ev = read_struct::<ConnEvent>(b).ok_or_else(|| short(hdr.kind, size_of::<ConnEvent>()))?;
+        let meta = EventMeta::from_header(&ev.hdr).map_err(invalid)?;
+        let entry = ev.entry;
         Ok(match kind {
-            kind::CONN_OPEN | kind::CONN_CLOSE => {
-                let entry = CtEntry::decode(&b[layout::CONN_ENTRY..]).map_err(invalid)?;
-                if kind == kind::CONN_OPEN { Event::ConnOpen { meta, entry } } else { Event::ConnClose { meta, entry } }
-            }
-            kind::CT_INSERT_FAILED => Event::CtInsertFailed { meta },
-            _ => decode_http(kind, meta, b)?,
+            EventKind::ConnOpen => Event::ConnOpen { meta, entry },
+            EventKind::ConnClose => Event::ConnClose { meta, entry },
+            _ => Event::CtInsertFailed { meta },
         })
     }
-}
-
-fn decode_meta(kind: u32, b: &[u8]) -> Result<EventMeta, EventError> {
-    let tuple = Tuple::decode(&b[layout::HDR_TUPLE..layout::HDR_TUPLE + layout::TUPLE_SIZE])
-        .map_err(|reason| EventError::Invalid { kind, reason })?;
-    let dir = match b[layout::HDR_DIR] {
-        0 => Direction::Ingress,
-        1 => Direction::Egress,
-        d => return Err(EventError::Invalid { kind, reason: format!("unknown direction {d}") }),
-    };
-    Ok(EventMeta {
-        ts_ns: u64::from_ne_bytes(b[0..8].try_into().unwrap_or([0; 8])),
-        ifindex: u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
-        tuple,
-        dir,
-        ct_status: b[layout::HDR_DIR + 1],
-        tcp_flags: b[layout::HDR_DIR + 2],
-    })
 }
 
 fn nul_trimmed(b: &[u8]) -> String {
@@ -406,25 +222,22 @@ fn nul_trimmed(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-fn decode_http(kind: u32, meta: EventMeta, b: &[u8]) -> Result<Event, EventError> {
-    use layout::*;
-    let size = u32::from_ne_bytes(b[HTTP_PAYLOAD_LEN..HTTP_PAYLOAD_LEN + 4].try_into().unwrap_or([0; 4]));
-    let captured = usize::from(u16::from_ne_bytes([b[HTTP_CAPTURED_LEN], b[HTTP_CAPTURED_LEN + 1]])).min(PAYLOAD_CAP);
-    let payload = &b[HTTP_PAYLOAD..HTTP_PAYLOAD + captured];
-    let tp_value = nul_trimmed(&b[HTTP_TRACEPARENT..HTTP_TRACEPARENT + TRACEPARENT_CAP]);
-    let traceparent = match b[HTTP_TP_STATUS] {
-        0 => Traceparent::Missing,
-        1 => Traceparent::Valid(tp_value),
-        2 => Traceparent::Invalid(tp_value),
-        s => return Err(EventError::Invalid { kind, reason: format!("unknown traceparent status {s}") }),
+fn decode_http(kind: EventKind, meta: EventMeta, ev: &HttpEvent) -> Result<Event, EventError> {
+    let invalid = |reason: String| EventError::Invalid { kind: kind as u32, reason };
+    let payload = ev.payload();
+    let traceparent = match TraceparentStatus::from_raw(ev.traceparent_status) {
+        Some(TraceparentStatus::Missing) => Traceparent::Missing,
+        Some(TraceparentStatus::Valid) => Traceparent::Valid(nul_trimmed(&ev.traceparent)),
+        Some(TraceparentStatus::Invalid) => Traceparent::Invalid(nul_trimmed(&ev.traceparent)),
+        None => return Err(invalid(format!("unknown traceparent status {}", ev.traceparent_status))),
     };
-    let ts_len = usize::from(b[HTTP_TS_LEN]).min(TRACESTATE_CAP);
-    let tracestate = (ts_len > 0).then(|| String::from_utf8_lossy(&b[HTTP_TRACESTATE..HTTP_TRACESTATE + ts_len]).into_owned());
+    let tracestate = (!ev.tracestate().is_empty()).then(|| String::from_utf8_lossy(ev.tracestate()).into_owned());
+    let size = ev.payload_len;
     let parsed = parse_http_head(payload);
     Ok(match kind {
-        kind::HTTP_REQUEST => {
+        EventKind::HttpRequest => {
             let Some(StartLine::Request { method, path }) = parsed.start else {
-                return Err(EventError::Invalid { kind, reason: "payload has no request line".into() });
+                return Err(invalid("payload has no request line".into()));
             };
             let pipelined = pipelined_requests(&meta, payload, parsed.content_length);
             Event::HttpRequest(HttpRequest {
@@ -440,9 +253,9 @@ fn decode_http(kind: u32, meta: EventMeta, b: &[u8]) -> Result<Event, EventError
                 pipelined,
             })
         }
-        kind::HTTP_RESPONSE => {
+        EventKind::HttpResponse => {
             let Some(StartLine::Response { status }) = parsed.start else {
-                return Err(EventError::Invalid { kind, reason: "payload has no status line".into() });
+                return Err(invalid("payload has no status line".into()));
             };
             let pipelined = pipelined_responses(&meta, payload, parsed.content_length);
             Event::HttpResponse(HttpResponse { meta, status, content_length: parsed.content_length, size, pipelined })
@@ -791,8 +604,8 @@ mod tests {
         let meta = EventMeta {
             ts_ns: 0,
             ifindex: 0,
-            tuple: Tuple { saddr: "10.0.0.1".parse().unwrap(), daddr: "10.0.0.2".parse().unwrap(), sport: 1, dport: 80, proto: 6 },
-            dir: Direction::Egress,
+            tuple: CtTuple::new("10.0.0.1:1".parse().unwrap(), "10.0.0.2:80".parse().unwrap(), 6),
+            dir: Dir::Egress,
             ct_status: 0,
             tcp_flags: 0,
         };
@@ -810,8 +623,8 @@ mod tests {
         let meta = EventMeta {
             ts_ns: 0,
             ifindex: 0,
-            tuple: Tuple { saddr: "10.0.0.2".parse().unwrap(), daddr: "10.0.0.1".parse().unwrap(), sport: 80, dport: 1, proto: 6 },
-            dir: Direction::Ingress,
+            tuple: CtTuple::new("10.0.0.2:80".parse().unwrap(), "10.0.0.1:1".parse().unwrap(), 6),
+            dir: Dir::Ingress,
             ct_status: 0,
             tcp_flags: 0,
         };
@@ -832,10 +645,28 @@ mod tests {
     }
 
     #[test]
-    fn tuple_round_trip_and_short_record() {
-        let t = Tuple { saddr: "10.0.0.1".parse().unwrap(), daddr: "10.0.0.2".parse().unwrap(), sport: 5555, dport: 80, proto: 6 };
-        assert_eq!(Tuple::decode(&t.encode()).unwrap(), t);
-        assert!(matches!(Event::decode(&[0u8; 8]), Err(EventError::Short { .. })));
+    fn records_decode_through_the_mirrors() {
+        let tuple = CtTuple::new("10.0.0.1:5555".parse().unwrap(), "10.0.0.2:80".parse().unwrap(), 6);
+        let hdr = EventHeader { ts_ns: 7, kind: EventKind::ConnOpen as u32, ifindex: 3, tuple, dir: 1, ct_status: 0, tcp_flags: 2, _pad: [0; 5] };
+        let entry = CtEntry { tx_packets: 1, tx_bytes: 60, flags: crate::types::ct_flags::SEEN_NON_SYN, ..CtEntry::default() };
+        let ev = ConnEvent { hdr, entry };
+        // SAFETY: ConnEvent is Pod (plain integers, explicit padding).
+        let bytes = unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<ConnEvent>()) }.to_vec();
+        let Ok(Event::ConnOpen { meta, entry: got }) = Event::decode(&bytes) else { panic!("not a ConnOpen") };
+        assert_eq!((meta.ts_ns, meta.ifindex, meta.tuple, meta.dir, meta.tcp_flags), (7, 3, tuple, Dir::Egress, 2));
+        assert_eq!(got, entry);
+        assert_eq!(
+            serde_json::to_value(meta.tuple).unwrap(),
+            serde_json::json!({"saddr": "10.0.0.1", "daddr": "10.0.0.2", "sport": 5555, "dport": 80, "proto": 6})
+        );
+        let mut bad = bytes.clone();
+        bad[std::mem::offset_of!(EventHeader, tuple) + std::mem::offset_of!(CtTuple, family)] = 9;
+        assert!(matches!(Event::decode(&bad), Err(EventError::Invalid { kind: 1, .. })), "unknown family");
+        let mut bad = bytes.clone();
+        bad[std::mem::offset_of!(EventHeader, dir)] = 2;
+        assert!(matches!(Event::decode(&bad), Err(EventError::Invalid { kind: 1, .. })), "unknown direction");
+        assert_eq!(Event::decode(&bytes[..70]), Err(EventError::Short { kind: 1, len: 70, need: size_of::<ConnEvent>() }));
+        assert!(matches!(Event::decode(&[0u8; 8]), Err(EventError::Short { kind: 0, .. })));
         let mut rec = vec![0u8; 64];
         rec[8] = 99;
         assert_eq!(Event::decode(&rec), Err(EventError::UnknownKind(99)));

@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::{Direction, Event, HttpContinuation, HttpRequest, HttpResponse, Traceparent, Tuple};
+use crate::events::{Event, HttpContinuation, HttpRequest, HttpResponse, Traceparent};
+use crate::types::{CtTuple, Dir};
 
 /// Server: the request came in on ingress. Client: it went out on egress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,14 +182,7 @@ struct Pending {
 
 /// Key of a connection's request queue: the request's own tuple and the hook
 /// that saw it (a response has the reversed tuple on the other hook).
-type QueueKey = (Tuple, Direction);
-
-fn opposite(d: Direction) -> Direction {
-    match d {
-        Direction::Ingress => Direction::Egress,
-        Direction::Egress => Direction::Ingress,
-    }
-}
+type QueueKey = (CtTuple, Dir);
 
 /// Pairs request and response events into [`Span`]s.
 pub struct SpanBuilder {
@@ -269,7 +263,7 @@ impl SpanBuilder {
             Event::ConnClose { meta, .. } => {
                 // Requests never answered on a closed connection yield no span.
                 for t in [meta.tuple, meta.tuple.reversed()] {
-                    for d in [Direction::Ingress, Direction::Egress] {
+                    for d in [Dir::Ingress, Dir::Egress] {
                         self.queues.remove(&(t, d));
                     }
                 }
@@ -297,7 +291,7 @@ impl SpanBuilder {
     }
 
     fn complete(&mut self, resp: &HttpResponse) -> Option<Span> {
-        let key = (resp.meta.tuple.reversed(), opposite(resp.meta.dir));
+        let key = (resp.meta.tuple.reversed(), resp.meta.dir.opposite());
         let Some(p) = self.queues.get_mut(&key).and_then(VecDeque::pop_front) else {
             self.unmatched_responses += 1;
             return None;
@@ -309,13 +303,13 @@ impl SpanBuilder {
         let decision = decide_trace(&req.traceparent, self.ids.as_mut());
         let t = req.meta.tuple;
         Some(Span {
-            kind: if req.meta.dir == Direction::Ingress { SpanKind::Server } else { SpanKind::Client },
+            kind: if req.meta.dir == Dir::Ingress { SpanKind::Server } else { SpanKind::Client },
             method: req.method,
             path: req.path,
             host: req.host,
             status: resp.status,
-            client: SocketAddr::new(t.saddr, t.sport),
-            server: SocketAddr::new(t.daddr, t.dport),
+            client: t.src(),
+            server: t.dst(),
             request_size: req.content_length.unwrap_or(0),
             response_size: resp.content_length.unwrap_or(0),
             request_start_ns: req.meta.ts_ns,

@@ -8,6 +8,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use serde::{Deserialize, Serialize};
+
 /// `TCLAB_TRACEPARENT_LEN`: characters of a version-00 traceparent.
 pub const TRACEPARENT_LEN: usize = 55;
 /// `TCLAB_TRACESTATE_MAX`: bytes of tracestate copied by the kernel.
@@ -21,7 +23,8 @@ pub const AF_INET: u8 = 4;
 pub const AF_INET6: u8 = 6;
 
 /// `enum tclab_dir`: the hook that saw a packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum Dir {
     Ingress = 0,
@@ -34,6 +37,13 @@ impl Dir {
             0 => Some(Dir::Ingress),
             1 => Some(Dir::Egress),
             _ => None,
+        }
+    }
+    /// The other hook.
+    pub fn opposite(self) -> Dir {
+        match self {
+            Dir::Ingress => Dir::Egress,
+            Dir::Egress => Dir::Ingress,
         }
     }
 }
@@ -85,8 +95,10 @@ pub fn tcp_flag_names(flags: u8) -> Vec<&'static str> {
 }
 
 /// `struct ct_tuple`: the CT key (originator direction). Ports are in
-/// network byte order, as on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// network byte order, as on the wire. In JSON: addresses as text and
+/// host-order ports (`{"saddr":"10.0.0.1","daddr":…,"sport":5555,"dport":80,"proto":6}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(into = "TupleJson", from = "TupleJson")]
 #[repr(C)]
 pub struct CtTuple {
     pub saddr: [u8; 16],
@@ -114,6 +126,28 @@ fn raw_addr(ip: IpAddr) -> ([u8; 16], u8) {
             (raw, AF_INET)
         }
         IpAddr::V6(v6) => (v6.octets(), AF_INET6),
+    }
+}
+
+/// The JSON shape of [`CtTuple`].
+#[derive(Serialize, Deserialize)]
+struct TupleJson {
+    saddr: IpAddr,
+    daddr: IpAddr,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+}
+
+impl From<CtTuple> for TupleJson {
+    fn from(t: CtTuple) -> TupleJson {
+        TupleJson { saddr: t.src_ip(), daddr: t.dst_ip(), sport: t.src_port(), dport: t.dst_port(), proto: t.nexthdr }
+    }
+}
+
+impl From<TupleJson> for CtTuple {
+    fn from(j: TupleJson) -> CtTuple {
+        CtTuple::new(SocketAddr::new(j.saddr, j.sport), SocketAddr::new(j.daddr, j.dport), j.proto)
     }
 }
 
@@ -173,6 +207,21 @@ impl CtTuple {
             n => format!("proto-{n}"),
         }
     }
+    /// Check the family the kernel wrote, so a corrupt record is an error
+    /// rather than a wrong address.
+    ///
+    /// # Errors
+    /// What is wrong, for the caller's error message.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.family {
+            AF_INET | AF_INET6 => Ok(()),
+            f => Err(format!("unknown address family {f}")),
+        }
+    }
+    /// Sort key: source address and port, destination address and port, protocol.
+    pub fn sort_key(&self) -> (IpAddr, u16, IpAddr, u16, u8) {
+        (self.src_ip(), self.src_port(), self.dst_ip(), self.dst_port(), self.nexthdr)
+    }
 }
 
 impl fmt::Display for CtTuple {
@@ -182,7 +231,9 @@ impl fmt::Display for CtTuple {
 }
 
 /// `struct ct_entry`: the CT value. tx = originator, rx = reply direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Times are CLOCK_MONOTONIC ns; `created_dir` is a [`Dir`], `last_status`
+/// a [`CtStatus`], `flags` [`ct_flags`] bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[repr(C)]
 pub struct CtEntry {
     pub tx_packets: u64,
@@ -196,6 +247,7 @@ pub struct CtEntry {
     pub flags: u8,
     pub created_dir: u8,
     pub last_status: u8,
+    #[serde(skip)]
     pub _pad: [u8; 3],
 }
 

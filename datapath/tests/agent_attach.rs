@@ -111,7 +111,7 @@ fn find_ct(agent: &Agent, client: SocketAddr) -> CtRecord {
     let table = agent.ct_table().expect("ct table");
     table
         .into_iter()
-        .find(|r| r.tuple.saddr == client.ip() && r.tuple.sport == client.port() && r.tuple.dport == PORT)
+        .find(|r| r.tuple.src() == client && r.tuple.dst_port() == PORT)
         .unwrap_or_else(|| panic!("no CT entry for {client} -> {SERVER_IP}:{PORT}"))
 }
 

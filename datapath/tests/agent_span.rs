@@ -3,32 +3,24 @@
 //! kernel side is tested by the classifier tests); ids are sequential so the
 //! snapshots are stable.
 
-use std::net::IpAddr;
-
-use tclab_datapath::events::{
-    CtEntry, Direction, Event, EventMeta, HttpContinuation, HttpRequest, HttpResponse, Traceparent, Tuple,
-};
+use tclab_datapath::events::{Event, EventMeta, HttpContinuation, HttpRequest, HttpResponse, Traceparent};
+use tclab_datapath::types::{CtEntry, CtTuple, Dir};
 use tclab_datapath::span::{SequentialIds, Span, SpanBuilder, SpanKind, WallClock};
 
 const CLIENT: (&str, u16) = ("10.0.0.1", 40000);
 const SERVER: (&str, u16) = ("10.0.0.2", 8080);
 const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
-fn tuple(from: (&str, u16), to: (&str, u16)) -> Tuple {
-    Tuple {
-        saddr: from.0.parse::<IpAddr>().unwrap(),
-        daddr: to.0.parse::<IpAddr>().unwrap(),
-        sport: from.1,
-        dport: to.1,
-        proto: 6,
-    }
+fn tuple(from: (&str, u16), to: (&str, u16)) -> CtTuple {
+    let addr = |(ip, port): (&str, u16)| std::net::SocketAddr::new(ip.parse().unwrap(), port);
+    CtTuple::new(addr(from), addr(to), 6)
 }
 
-fn meta(ts_ns: u64, t: Tuple, dir: Direction) -> EventMeta {
+fn meta(ts_ns: u64, t: CtTuple, dir: Dir) -> EventMeta {
     EventMeta { ts_ns, ifindex: 7, tuple: t, dir, ct_status: 1, tcp_flags: 0x18 }
 }
 
-fn req(ts: u64, dir: Direction, path: &str, tp: Traceparent) -> Event {
+fn req(ts: u64, dir: Dir, path: &str, tp: Traceparent) -> Event {
     // Client to server on either hook: ingress on the server, egress on the client.
     let t = tuple(CLIENT, SERVER);
     Event::HttpRequest(HttpRequest {
@@ -45,8 +37,8 @@ fn req(ts: u64, dir: Direction, path: &str, tp: Traceparent) -> Event {
     })
 }
 
-fn resp(ts: u64, req_dir: Direction, status: u16, len: u64) -> Event {
-    let dir = if req_dir == Direction::Ingress { Direction::Egress } else { Direction::Ingress };
+fn resp(ts: u64, req_dir: Dir, status: u16, len: u64) -> Event {
+    let dir = if req_dir == Dir::Ingress { Dir::Egress } else { Dir::Ingress };
     Event::HttpResponse(HttpResponse {
         meta: meta(ts, tuple(SERVER, CLIENT), dir),
         status,
@@ -68,7 +60,7 @@ fn lines(spans: &[Span]) -> String {
 
 #[test]
 fn keep_alive_pairs_in_order() {
-    let d = Direction::Ingress;
+    let d = Dir::Ingress;
     let (spans, b) = run(&[
         req(1_000, d, "/one", Traceparent::Valid(VALID.into())),
         resp(2_000, d, 200, 5),
@@ -83,7 +75,7 @@ fn keep_alive_pairs_in_order() {
 
 #[test]
 fn pipelined_requests_answered_fifo() {
-    let d = Direction::Egress;
+    let d = Dir::Egress;
     let (spans, b) = run(&[
         req(1_000, d, "/a", Traceparent::Missing),
         req(1_100, d, "/b", Traceparent::Missing),
@@ -101,7 +93,7 @@ fn pipelined_requests_answered_fifo() {
 
 #[test]
 fn pipelined_responses_in_one_segment_complete_every_request() {
-    let d = Direction::Egress;
+    let d = Dir::Egress;
     let mut one = resp(2_000, d, 200, 1);
     if let Event::HttpResponse(r) = &mut one {
         let Event::HttpResponse(b) = resp(2_000, d, 201, 2) else { unreachable!() };
@@ -128,7 +120,7 @@ fn pipelined_responses_in_one_segment_complete_every_request() {
 
 #[test]
 fn split_request_takes_traceparent_from_continuation() {
-    let d = Direction::Ingress;
+    let d = Dir::Ingress;
     let mut first = req(1_000, d, "/split", Traceparent::Missing);
     if let Event::HttpRequest(r) = &mut first {
         r.host = None;
@@ -153,7 +145,7 @@ fn split_request_takes_traceparent_from_continuation() {
 
 #[test]
 fn invalid_traceparent_starts_a_new_trace() {
-    let d = Direction::Ingress;
+    let d = Dir::Ingress;
     let bad = "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01";
     let (spans, _) = run(&[req(1, d, "/x", Traceparent::Invalid(bad.into())), resp(2, d, 200, 0)]);
     let s = &spans[0];
@@ -167,7 +159,7 @@ fn invalid_traceparent_starts_a_new_trace() {
 
 #[test]
 fn valid_traceparent_is_continued() {
-    let d = Direction::Ingress;
+    let d = Dir::Ingress;
     let (spans, _) = run(&[req(1, d, "/traceme", Traceparent::Valid(VALID.into())), resp(2, d, 200, 0)]);
     let s = &spans[0];
     assert_eq!(s.trace_id, "0af7651916cd43dd8448eb211c80319c");
@@ -178,7 +170,7 @@ fn valid_traceparent_is_continued() {
 
 #[test]
 fn unmatched_response_and_close_drop_state() {
-    let d = Direction::Ingress;
+    let d = Dir::Ingress;
     let close = Event::ConnClose { meta: meta(5, tuple(CLIENT, SERVER), d), entry: CtEntry::default() };
     let (spans, b) = run(&[resp(1, d, 200, 0), req(2, d, "/never", Traceparent::Missing), close]);
     assert!(spans.is_empty());
@@ -188,7 +180,7 @@ fn unmatched_response_and_close_drop_state() {
 
 #[test]
 fn beyla_line_format() {
-    let d = Direction::Egress;
+    let d = Dir::Egress;
     let mut r = req(1_000_000, d, "/tracemetoo", Traceparent::Valid(VALID.into()));
     if let Event::HttpRequest(h) = &mut r {
         h.meta.tuple = tuple(("10.244.1.92", 37450), ("10.96.214.17", 8083));
