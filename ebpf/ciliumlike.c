@@ -5,7 +5,8 @@
  * exercised, and one neutral program from "another vendor". Each loaded
  * instance gets its behaviour from read-only data set at load:
  *   OK (TC_ACT_OK), UNSPEC (TC_ACT_UNSPEC/TCX_NEXT), DROP (TC_ACT_SHOT),
- *   REDIRECT to an ifindex (bpf_redirect), or
+ *   REDIRECT to an ifindex (bpf_redirect; tclab_cil_redirect_flags = 1
+ *   (BPF_F_INGRESS) delivers to that device's ingress instead of its egress), or
  *   DNAT: service addr:port -> backend addr:port on IPv4 TCP/UDP (and the
  *   reverse rewrite of the backend's replies), checksums kept valid; the
  *   verdict after a rewrite is tclab_cil_nat_verdict.
@@ -25,6 +26,7 @@ enum cil_action {
 
 volatile const __u32 tclab_cil_action = CIL_UNSPEC;
 volatile const __u32 tclab_cil_ifindex = 0;
+volatile const __u32 tclab_cil_redirect_flags = 0;
 volatile const __s32 tclab_cil_nat_verdict = TC_ACT_UNSPEC;
 /* network byte order, as on the wire */
 volatile const __u32 tclab_cil_svc_addr = 0;
@@ -82,7 +84,7 @@ static __always_inline int cil_handle(struct __sk_buff *skb)
 	case CIL_DROP:
 		return TC_ACT_SHOT;
 	case CIL_REDIRECT:
-		return bpf_redirect(tclab_cil_ifindex, 0);
+		return bpf_redirect(tclab_cil_ifindex, tclab_cil_redirect_flags);
 	case CIL_DNAT:
 		return cil_nat(skb);
 	default:
@@ -110,6 +112,30 @@ int cil_from_container(struct __sk_buff *skb)
 
 SEC("classifier")
 int cil_to_container(struct __sk_buff *skb)
+{
+	return cil_handle(skb);
+}
+
+SEC("classifier")
+int cil_from_host(struct __sk_buff *skb)
+{
+	return cil_handle(skb);
+}
+
+SEC("classifier")
+int cil_to_host(struct __sk_buff *skb)
+{
+	return cil_handle(skb);
+}
+
+SEC("classifier")
+int cil_from_overlay(struct __sk_buff *skb)
+{
+	return cil_handle(skb);
+}
+
+SEC("classifier")
+int cil_to_overlay(struct __sk_buff *skb)
 {
 	return cil_handle(skb);
 }

@@ -113,6 +113,15 @@ pub enum AgentError {
     },
 }
 
+impl From<chain::StartCheckError> for AgentError {
+    fn from(e: chain::StartCheckError) -> Self {
+        match e {
+            chain::StartCheckError::Chain(e) => AgentError::Chain(e),
+            chain::StartCheckError::Rule(e) => AgentError::Rule(e),
+        }
+    }
+}
+
 /// A running agent.
 pub struct Agent {
     // Declared first: dropped (detached) before the programs are unloaded.
@@ -181,14 +190,13 @@ impl Agent {
         // Rules first for every device, so a refusal attaches nothing.
         if config.enforce_rules {
             for iface in &config.ifaces {
-                warnings.extend(chain::check_rules(&chain::read_chain(iface, &[])?, api)?);
+                warnings.extend(chain::rules_before_attach(iface, api)?);
             }
         }
         let (attachments, devices) = attach_all(&mut datapath, &config, api)?;
         let ours: Vec<u32> = attachments.iter().map(|a| a.prog_id).collect();
         for iface in &config.ifaces {
-            let c = chain::read_chain(iface, &ours)?;
-            warnings.extend(if config.dry_run_chain { chain::warn_before_us_dry_run(&c) } else { chain::warn_before_us(&c) });
+            warnings.extend(chain::rules_after_attach(iface, &ours, config.dry_run_chain)?);
         }
         for w in &warnings {
             tracing::warn!("{w}");

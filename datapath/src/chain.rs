@@ -83,6 +83,18 @@ pub enum RuleError {
     },
 }
 
+/// Why the agent's start-up check of a device stopped it: the chain could
+/// not be read, or a rule refuses the start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartCheckError {
+    /// Reading the chain failed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// A compatibility rule refuses the start.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+}
+
 /// One program in the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainEntry {
@@ -258,9 +270,7 @@ pub fn check_rules(chain: &Chain, api: Api) -> Result<Vec<String>, RuleError> {
     if api == Api::Tcx {
         return Ok(warnings); // At the head: fine next to Cilium in any mode.
     }
-    let list = |v: &[&ChainEntry]| {
-        v.iter().map(|e| format!("{} {} prog {}", e.hook, e.name, e.prog_id.unwrap_or(0))).collect::<Vec<_>>().join(", ")
-    };
+    let list = |v: &[&ChainEntry]| v.iter().map(|e| format!("{} {} ({})", e.hook, e.name, id_text(e))).collect::<Vec<_>>().join(", ");
     let cil_tcx: Vec<_> = chain.entries().filter(|e| e.api == Api::Tcx && is_cilium(e)).collect();
     if !cil_tcx.is_empty() {
         return Err(RuleError::CiliumOnTcx { iface: chain.iface.clone(), programs: list(&cil_tcx) });
@@ -273,12 +283,42 @@ pub fn check_rules(chain: &Chain, api: Api) -> Result<Vec<String>, RuleError> {
     if !at_one.is_empty() {
         warnings.push(format!(
             "{}: Cilium filters at priority 1 next to Cilium filters at a higher priority look like left-overs of an \
-             earlier Cilium (before `{CILIUM_PRIORITY_FIX}`): {}; they run first and can hide traffic from us",
+             earlier Cilium (before `{CILIUM_PRIORITY_FIX}`): {}; they run before Cilium's current filters and before ours \
+             unless ours shares priority 1 (the newest filter of a priority runs first), and can hide traffic from both",
             chain.iface,
             list(&at_one)
         ));
     }
     Ok(warnings)
+}
+
+/// `id N` (`id ?` when the kernel did not say): every warning and refusal
+/// names programs this way, so callers can map ids to their own names.
+fn id_text(e: &ChainEntry) -> String {
+    format!("id {}", e.prog_id.map(|i| i.to_string()).unwrap_or_else(|| "?".into()))
+}
+
+/// Step one of the agent's rules on `iface`, before it attaches with `api`
+/// (what [`crate::agent::Agent::start`] runs for every device before attaching
+/// anything, and what the lab runs when a scenario's agent starts): read the
+/// chain as it is and apply [`check_rules`].
+///
+/// # Errors
+/// [`StartCheckError::Rule`] when the agent must not start,
+/// [`StartCheckError::Chain`] when the chain cannot be read.
+pub fn rules_before_attach(iface: &str, api: Api) -> Result<Vec<String>, StartCheckError> {
+    Ok(check_rules(&read_chain(iface, &[])?, api)?)
+}
+
+/// Step two, once the agent's programs `ours` are attached on `iface`:
+/// warnings for every foreign program that runs before ours, each with its
+/// verdict on a probe packet when `dry_run` ([`warn_before_us_dry_run`]).
+///
+/// # Errors
+/// [`ChainError`] when the chain cannot be read.
+pub fn rules_after_attach(iface: &str, ours: &[u32], dry_run: bool) -> Result<Vec<String>, ChainError> {
+    let c = read_chain(iface, ours)?;
+    Ok(if dry_run { warn_before_us_dry_run(&c) } else { warn_before_us(&c) })
 }
 
 /// Warnings for foreign programs that run before ours (after attaching):
@@ -290,12 +330,12 @@ pub fn warn_before_us(chain: &Chain) -> Vec<String> {
         .filter(|e| e.runs_before_us && !e.ours)
         .map(|e| {
             format!(
-                "{} {}: {} program {:?} (id {}) runs before ours and can end the chain or drop packets before we see them",
+                "{} {}: {} program {:?} ({}) runs before ours and can end the chain or drop packets before we see them",
                 chain.iface,
                 e.hook,
                 e.api,
                 e.name,
-                e.prog_id.map(|i| i.to_string()).unwrap_or_else(|| "?".into())
+                id_text(e)
             )
         })
         .collect()
@@ -402,16 +442,28 @@ pub fn verdict_name(v: i32) -> String {
     }
 }
 
+/// Another tclab agent's classifier (by name): it returns TC_ACT_UNSPEC by
+/// design, and a dry run would put the probe flow into its CT table.
+fn is_tclab_agent(e: &ChainEntry) -> bool {
+    [crate::loader::PROG_INGRESS, crate::loader::PROG_EGRESS].contains(&e.name.as_str())
+}
+
 /// [`warn_before_us`], with each foreign program's verdict on a probe TCP
-/// SYN from a dry run ([`dry_run`]) when it can be run.
+/// SYN from a dry run ([`dry_run`]) when it can be run. Another tclab
+/// agent's classifiers are not run (see [`is_tclab_agent`]).
 pub fn warn_before_us_dry_run(chain: &Chain) -> Vec<String> {
     chain
         .entries()
         .filter(|e| e.runs_before_us && !e.ours)
         .zip(warn_before_us(chain))
-        .map(|(e, w)| match e.prog_id.map(dry_run) {
-            Some(Ok(v)) => format!("{w}; dry run on a probe TCP SYN: {}", verdict_name(v)),
-            Some(Err(err)) => format!("{w}; dry run failed: {err}"),
+        .map(|(e, w)| match e.prog_id {
+            _ if is_tclab_agent(e) => {
+                format!("{w}; not dry-run: another tclab agent's classifier, which returns TC_ACT_UNSPEC (continues)")
+            }
+            Some(id) => match dry_run(id) {
+                Ok(v) => format!("{w}; dry run on a probe TCP SYN: {}", verdict_name(v)),
+                Err(err) => format!("{w}; dry run failed: {err}"),
+            },
             None => w,
         })
         .collect()

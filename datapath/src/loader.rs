@@ -444,27 +444,44 @@ pub fn empty_classifier() -> Result<EmptyClassifier, LoadError> {
 pub enum CilProgram {
     FromNetdev,
     ToNetdev,
+    FromHost,
+    ToHost,
     FromContainer,
     ToContainer,
+    FromOverlay,
+    ToOverlay,
     OtherVendor,
 }
 
 impl CilProgram {
-    pub const ALL: [CilProgram; 5] = [
+    pub const ALL: [CilProgram; 9] = [
         CilProgram::FromNetdev,
         CilProgram::ToNetdev,
+        CilProgram::FromHost,
+        CilProgram::ToHost,
         CilProgram::FromContainer,
         CilProgram::ToContainer,
+        CilProgram::FromOverlay,
+        CilProgram::ToOverlay,
         CilProgram::OtherVendor,
     ];
+
+    /// The program with this name in the object (`cil_from_netdev`, …, `acme_tc_filter`).
+    pub fn from_name(name: &str) -> Option<CilProgram> {
+        CilProgram::ALL.into_iter().find(|p| p.name() == name)
+    }
 
     /// The program's name in the object and in the kernel.
     pub fn name(self) -> &'static str {
         match self {
             CilProgram::FromNetdev => "cil_from_netdev",
             CilProgram::ToNetdev => "cil_to_netdev",
+            CilProgram::FromHost => "cil_from_host",
+            CilProgram::ToHost => "cil_to_host",
             CilProgram::FromContainer => "cil_from_container",
             CilProgram::ToContainer => "cil_to_container",
+            CilProgram::FromOverlay => "cil_from_overlay",
+            CilProgram::ToOverlay => "cil_to_overlay",
             CilProgram::OtherVendor => "acme_tc_filter",
         }
     }
@@ -479,8 +496,11 @@ pub enum CilAction {
     Unspec,
     /// TC_ACT_SHOT.
     Drop,
-    /// `bpf_redirect(ifindex, 0)` (TC_ACT_REDIRECT).
+    /// `bpf_redirect(ifindex, 0)` (TC_ACT_REDIRECT): out of that device's egress.
     Redirect { ifindex: u32 },
+    /// `bpf_redirect(ifindex, BPF_F_INGRESS)` (TC_ACT_REDIRECT): into that
+    /// device's ingress, as if it had just been received there.
+    RedirectIngress { ifindex: u32 },
     /// IPv4 TCP/UDP to `service` is rewritten to `backend` (and the backend's
     /// replies back to `service`), checksums updated; other packets are
     /// untouched and get TC_ACT_UNSPEC. `then` is the verdict after a rewrite.
@@ -490,6 +510,7 @@ pub enum CilAction {
 /// Load-time constants of `ciliumlike.o`.
 pub const GLOBAL_CIL_ACTION: &str = "tclab_cil_action";
 pub const GLOBAL_CIL_IFINDEX: &str = "tclab_cil_ifindex";
+pub const GLOBAL_CIL_REDIRECT_FLAGS: &str = "tclab_cil_redirect_flags";
 pub const GLOBAL_CIL_NAT_VERDICT: &str = "tclab_cil_nat_verdict";
 pub const GLOBAL_CIL_SVC_ADDR: &str = "tclab_cil_svc_addr";
 pub const GLOBAL_CIL_SVC_PORT: &str = "tclab_cil_svc_port";
@@ -521,9 +542,11 @@ impl CiliumLikeProgram {
             CilAction::Ok => (0, 0, TC_ACT_UNSPEC),
             CilAction::Unspec => (1, 0, TC_ACT_UNSPEC),
             CilAction::Drop => (2, 0, TC_ACT_UNSPEC),
-            CilAction::Redirect { ifindex } => (3, ifindex, TC_ACT_UNSPEC),
+            CilAction::Redirect { ifindex } | CilAction::RedirectIngress { ifindex } => (3, ifindex, TC_ACT_UNSPEC),
             CilAction::Dnat { then, .. } => (4, 0, then.tc_action()),
         };
+        // BPF_F_INGRESS
+        let redirect_flags: u32 = u32::from(matches!(action, CilAction::RedirectIngress { .. }));
         let (svc, backend) = match action {
             CilAction::Dnat { service, backend, .. } => (service, backend),
             _ => (std::net::SocketAddrV4::new(0.into(), 0), std::net::SocketAddrV4::new(0.into(), 0)),
@@ -536,6 +559,7 @@ impl CiliumLikeProgram {
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_CIL_ACTION, &code, true)
             .override_global(GLOBAL_CIL_IFINDEX, &ifindex, true)
+            .override_global(GLOBAL_CIL_REDIRECT_FLAGS, &redirect_flags, true)
             .override_global(GLOBAL_CIL_NAT_VERDICT, &nat_verdict, true)
             .override_global(GLOBAL_CIL_SVC_ADDR, &svc_addr, true)
             .override_global(GLOBAL_CIL_SVC_PORT, &svc_port, true)

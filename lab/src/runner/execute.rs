@@ -18,7 +18,7 @@ use crate::scenario::{Capability, Scenario, Step};
 
 use super::chain::LiveChain;
 use super::replay::{self, Injectors};
-use super::report::{AgentOutcome, ScenarioResult};
+use super::report::ScenarioResult;
 use super::{RunOptions, topology};
 
 /// How long captures stay open after the last packet for late frames.
@@ -57,19 +57,11 @@ fn inside_device_ns(
     mut egress_capture: Capture,
 ) -> anyhow::Result<ScenarioResult> {
     let mut result = ScenarioResult::new(&scenario.name, &opts.kernel.name);
-    let has_agent = scenario.chain.iter().any(|e| {
-        matches!(e.program, crate::scenario::Program::Builtin(crate::scenario::Builtin::Agent))
-    });
-    let mut chain = match LiveChain::attach(&device.name, &scenario.chain, resolved, &scenario.agent) {
-        Ok(chain) => chain,
-        Err(e) if has_agent && scenario.expect.agent_error_contains.is_some() => {
-            result.agent = AgentOutcome::Refused { error: format!("{e:#}") };
-            return Ok(result);
-        }
-        Err(e) => return Err(e),
-    };
-    if has_agent {
-        result.agent = AgentOutcome::Started { attach: agent_attach(resolved), warnings: Vec::new() };
+    // The agent's start-up rules run inside: a refusal is an outcome, not an error.
+    let tcx = opts.kernel.has(Capability::Tcx);
+    let mut chain = LiveChain::attach(&device.name, &scenario.chain, resolved, &scenario.agent, tcx)?;
+    if let Some(outcome) = chain.agent_outcome() {
+        result.agent = outcome;
     }
     result.chain = chain.kernel_view(device.ifindex)?;
 
@@ -94,8 +86,10 @@ fn inside_device_ns(
     collect_output(&mut result, &mut ingress_capture, &mut egress_capture, opts, scenario)?;
     collect_spans(&mut reader, &mut spans, &mut result);
     collect_agent_state(&mut chain, &mut result)?;
-    for entry in &chain.entries {
-        result.counters.insert(entry.name.clone(), entry.program.packets()?);
+    // Packets seen since the chain was complete (not the agents' dry runs).
+    let counts = replay::ChainCounters::read(&chain)?;
+    for (entry, n) in chain.entries.iter().zip(counts) {
+        result.counters.insert(entry.name.clone(), n);
     }
     Ok(result)
 }
@@ -105,16 +99,6 @@ fn event_reader(dp: &mut tclab_datapath::loader::Datapath) -> anyhow::Result<Eve
     let map = dp.ebpf_mut().take_map(MAP_EVENTS).with_context(|| format!("the datapath has no map {MAP_EVENTS}"))?;
     let ring = aya::maps::RingBuf::try_from(map).with_context(|| format!("failed to open ring buffer {MAP_EVENTS}"))?;
     Ok(EventReader::new(ring))
-}
-
-fn agent_attach(resolved: &ResolvedChain) -> String {
-    let how: Vec<String> = resolved
-        .sequence
-        .iter()
-        .filter(|s| s.entry == "agent")
-        .map(|s| format!("{} {:?}", replay::hook_name(s.hook), s.how).to_lowercase())
-        .collect();
-    if how.is_empty() { "attached".to_string() } else { how.join(", ") }
 }
 
 fn run_step(step: &Step, chain: &mut LiveChain) -> anyhow::Result<()> {

@@ -10,14 +10,16 @@ use super::model::*;
 use super::raw::*;
 use super::validate::Ctx;
 
-/// The handle the agent uses when it attaches itself with netlink.
-pub const AGENT_NETLINK_HANDLE: u32 = 1;
+/// The handle the agent uses when it attaches itself with netlink: the
+/// real agent's own (`tclab-agent run`), so conflicts behave the same.
+pub const AGENT_NETLINK_HANDLE: u32 = tclab_datapath::attach::NETLINK_HANDLE;
 
 pub(crate) fn validate_chain(
     cx: &mut Ctx,
     raw: &[RawChainEntry],
     raw_agent: Option<&RawAgent>,
     agent: &AgentSettings,
+    topology: &Topology,
 ) -> Vec<ChainEntry> {
     let mut first_seen: HashMap<&str, usize> = HashMap::new();
     let mut out = Vec::new();
@@ -34,6 +36,8 @@ pub(crate) fn validate_chain(
         let Some(program) = program(cx, &e.program) else {
             continue;
         };
+        let direction = e.direction.unwrap_or(Direction::Both);
+        check_redirect(cx, &e.program, &program, direction, topology);
         let is_agent = program == Program::Builtin(Builtin::Agent);
         let Some(attach) = attach(cx, e, is_agent, raw_agent) else {
             continue;
@@ -41,7 +45,7 @@ pub(crate) fn validate_chain(
         out.push(ChainEntry {
             name: name.clone(),
             program,
-            direction: e.direction.unwrap_or(Direction::Both),
+            direction,
             attach,
         });
     }
@@ -55,12 +59,20 @@ fn program(cx: &mut Ctx, p: &Spanned<RawProgram>) -> Option<Program> {
         RawProgram::Builtin(b) => return Some(Program::Builtin(*b)),
         RawProgram::Table(t) => t,
     };
-    let Some(name) = &t.cilium else {
-        cx.err(
-            p.span(),
-            "a program table needs a `cilium` key, expected e.g. { cilium = \"cil_from_netdev\", behaviour = \"ok\" }",
-        );
-        return None;
+    let name = match (&t.cilium, &t.foreign) {
+        (Some(_), Some(f)) => {
+            cx.err(f.span(), "a program table has either `cilium` or `foreign`, expected only one of them");
+            return None;
+        }
+        (None, Some(f)) => return foreign(cx, p, t, f),
+        (Some(name), None) => name,
+        (None, None) => {
+            cx.err(
+                p.span(),
+                "a program table needs a `cilium` key (or `foreign` for another vendor's program), expected e.g. { cilium = \"cil_from_netdev\", behaviour = \"ok\" }",
+            );
+            return None;
+        }
     };
     if !CILIUM_PROGRAMS.contains(&name.get_ref().as_str()) {
         let names: Vec<_> = CILIUM_PROGRAMS.iter().map(|n| format!("`{n}`")).collect();
@@ -83,6 +95,73 @@ fn program(cx: &mut Ctx, p: &Spanned<RawProgram>) -> Option<Program> {
         name: CiliumProgram(name.get_ref().clone()),
         behaviour,
     })
+}
+
+fn foreign(
+    cx: &mut Ctx,
+    p: &Spanned<RawProgram>,
+    t: &RawProgramTable,
+    name: &Spanned<String>,
+) -> Option<Program> {
+    if !FOREIGN_PROGRAMS.contains(&name.get_ref().as_str()) {
+        let names: Vec<_> = FOREIGN_PROGRAMS.iter().map(|n| format!("`{n}`")).collect();
+        cx.err(
+            name.span(),
+            format!("unknown foreign program `{}`, expected {}", name.get_ref(), names.join(" or ")),
+        );
+        return None;
+    }
+    let kind = t.behaviour.as_ref().map_or(BehaviourKind::Ok, |b| *b.get_ref());
+    let behaviour = behaviour(cx, p, t, kind)?;
+    Some(Program::Foreign { name: name.get_ref().clone(), behaviour })
+}
+
+/// A redirect must name a device of the topology, in the one direction
+/// where it cannot loop (see `Behaviour::Redirect`).
+fn check_redirect(
+    cx: &mut Ctx,
+    raw: &Spanned<RawProgram>,
+    program: &Program,
+    direction: Direction,
+    topology: &Topology,
+) {
+    let (
+        Program::Cilium { behaviour: Behaviour::Redirect { to }, .. }
+        | Program::Foreign { behaviour: Behaviour::Redirect { to }, .. },
+        RawProgram::Table(t),
+    ) = (program, raw.get_ref())
+    else {
+        return;
+    };
+    let span = t.redirect_to.as_ref().map_or(raw.span(), |r| r.span());
+    let (dev, peer) = (&topology.device.name, &topology.peer.name);
+    let wanted = if *to == *peer {
+        Direction::Ingress
+    } else if *to == *dev {
+        Direction::Egress
+    } else {
+        cx.err(
+            span,
+            format!(
+                "`redirect_to` = \"{to}\" is not a device of the topology, expected \"{peer}\" (the peer: out through the device, for ingress entries) or \"{dev}\" (the device's own ingress, for egress entries)"
+            ),
+        );
+        return;
+    };
+    if direction != wanted {
+        let why = if wanted == Direction::Ingress {
+            "on egress it would send packets back into the egress they came from"
+        } else {
+            "on ingress it would deliver packets back to the ingress they came from"
+        };
+        cx.err(
+            span,
+            format!(
+                "a redirect to \"{to}\" loops unless the entry is on {0} only ({why}), expected direction = \"{0}\"",
+                format!("{wanted:?}").to_lowercase()
+            ),
+        );
+    }
 }
 
 fn behaviour(
@@ -140,9 +219,22 @@ fn behaviour(
                 })
             };
             let (from, to) = (cx.parse(from, sock)?, cx.parse(to, sock)?);
+            if !(from.is_ipv4() && to.is_ipv4()) {
+                let v6 = if from.is_ipv4() { to_span(t) } else { from_span(t) };
+                cx.err(v6, "the Cilium-like DNAT rewrites IPv4 only, expected IPv4 addresses like \"10.0.0.2:80\"");
+                return None;
+            }
             Behaviour::Dnat { from, to }
         }
     })
+}
+
+fn from_span(t: &RawProgramTable) -> std::ops::Range<usize> {
+    t.dnat_from.as_ref().map_or(0..0, |s| s.span())
+}
+
+fn to_span(t: &RawProgramTable) -> std::ops::Range<usize> {
+    t.dnat_to.as_ref().map_or(0..0, |s| s.span())
 }
 
 fn attach(

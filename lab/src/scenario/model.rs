@@ -205,7 +205,17 @@ pub enum Program {
         name: CiliumProgram,
         behaviour: Behaviour,
     },
+    /// The neutral program of "another vendor" (one of `FOREIGN_PROGRAMS`):
+    /// the Cilium-like behaviours under a name the agent's rules do not take
+    /// for Cilium.
+    Foreign {
+        name: String,
+        behaviour: Behaviour,
+    },
 }
+
+/// Names `{ foreign = "…" }` accepts.
+pub const FOREIGN_PROGRAMS: [&str; 1] = ["acme_tc_filter"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -261,7 +271,9 @@ pub enum Behaviour {
     Unspec,
     /// TC_ACT_SHOT.
     Drop,
-    /// bpf_redirect to the named device.
+    /// bpf_redirect to the named device of the topology: the peer's name
+    /// sends packets out through the device to its peer (ingress entries),
+    /// the device's own name delivers them to its own ingress (egress entries).
     Redirect { to: String },
     /// Rewrite the service address `from` to the backend `to` (checksums fixed).
     Dnat { from: SocketAddr, to: SocketAddr },

@@ -86,6 +86,8 @@ pub(crate) struct RawProgramTable {
     pub dnat_from: Option<S<String>>,
     /// ... to this backend address.
     pub dnat_to: Option<S<String>>,
+    /// The neutral program of "another vendor" (instead of `cilium`).
+    pub foreign: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,7 +94,7 @@ pub(crate) fn validate(
         .collect();
     let topology = topology(&mut cx, &raw.topology);
     let agent = agent_settings(&mut cx, raw.agent.as_ref());
-    let chain = super::chain::validate_chain(&mut cx, &raw.chain, raw.agent.as_ref(), &agent);
+    let chain = super::chain::validate_chain(&mut cx, &raw.chain, raw.agent.as_ref(), &agent, &topology);
     let has_agent = chain
         .iter()
         .any(|e| e.program == Program::Builtin(Builtin::Agent));
