@@ -12,3 +12,4 @@ pub mod fixtures;
 pub mod vm;
 pub mod guest;
 pub mod runner;
+pub mod matrix;

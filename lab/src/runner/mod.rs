@@ -15,7 +15,7 @@ pub mod topology;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::scenario::{Capability, Dimension, Lockdown, Scenario};
 use crate::snapshot::{PendingWrites, SnapshotError, SnapshotOutcome, SnapshotStore};
@@ -99,7 +99,10 @@ pub enum Status {
 pub struct ScenarioOutcome {
     pub scenario: String,
     pub file: PathBuf,
+    /// "host", or the matrix kernel ("5.10").
     pub kernel: String,
+    /// The lockdown mode the kernel ran in.
+    pub lockdown: Lockdown,
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<ScenarioResult>,
@@ -115,6 +118,20 @@ impl ScenarioOutcome {
     }
 }
 
+/// What running a scenario produced, before it is judged. The guest of the
+/// kernel matrix sends this to the host, which judges it against the
+/// snapshots on its own disk (so pending `.snap.new` files land there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Collected {
+    /// The scenario does not apply to this kernel or lockdown mode.
+    Skipped { reason: String },
+    /// It ran; checks and snapshot are still to be judged.
+    Executed { result: Box<ScenarioResult> },
+    /// The lab could not run it (topology, attach, replay error).
+    Error { error: String },
+}
+
 /// Why a scenario does not apply to this kernel, if it does not.
 pub fn skip_reason(scenario: &Scenario, kernel: &KernelContext) -> Option<String> {
     if !scenario.applies_to_kernel(&kernel.name, kernel.version) {
@@ -128,31 +145,45 @@ pub fn skip_reason(scenario: &Scenario, kernel: &KernelContext) -> Option<String
         .map(|c| format!("needs {}", c.as_str()))
 }
 
-/// Run one scenario and judge it.
-pub fn run_one(scenario: &Scenario, opts: &RunOptions) -> ScenarioOutcome {
-    let started = Instant::now();
+/// Run one scenario on the running kernel, without judging it.
+pub fn collect(scenario: &Scenario, opts: &RunOptions) -> Collected {
+    if let Some(reason) = skip_reason(scenario, &opts.kernel) {
+        return Collected::Skipped { reason };
+    }
+    match execute::execute(scenario, opts) {
+        Ok(result) => Collected::Executed { result: Box::new(result) },
+        Err(e) => Collected::Error { error: format!("{e:#}") },
+    }
+}
+
+/// Judge what a run collected: inline checks, then the snapshot.
+pub fn judge(scenario: &Scenario, opts: &RunOptions, collected: Collected, duration: Duration) -> ScenarioOutcome {
     let mut outcome = ScenarioOutcome {
         scenario: scenario.name.clone(),
         file: scenario.path.clone(),
         kernel: opts.kernel.name.clone(),
+        lockdown: opts.kernel.lockdown,
         status: Status::Passed,
         result: None,
         diff: None,
-        duration_ms: 0,
+        duration_ms: duration.as_millis(),
     };
-    if let Some(reason) = skip_reason(scenario, &opts.kernel) {
-        outcome.status = Status::Skipped(reason);
-        return outcome;
+    match collected {
+        Collected::Skipped { reason } => outcome.status = Status::Skipped(reason),
+        Collected::Error { error } => outcome.status = Status::Failed(vec![error]),
+        Collected::Executed { result } => judge_result(scenario, opts, *result, &mut outcome),
     }
-    match execute::execute(scenario, opts) {
-        Ok(result) => judge(scenario, opts, result, &mut outcome),
-        Err(e) => outcome.status = Status::Failed(vec![format!("{e:#}")]),
-    }
-    outcome.duration_ms = started.elapsed().as_millis();
     outcome
 }
 
-fn judge(scenario: &Scenario, opts: &RunOptions, mut result: ScenarioResult, out: &mut ScenarioOutcome) {
+/// Run one scenario and judge it.
+pub fn run_one(scenario: &Scenario, opts: &RunOptions) -> ScenarioOutcome {
+    let started = Instant::now();
+    let collected = collect(scenario, opts);
+    judge(scenario, opts, collected, started.elapsed())
+}
+
+fn judge_result(scenario: &Scenario, opts: &RunOptions, mut result: ScenarioResult, out: &mut ScenarioOutcome) {
     result.checks = checks::evaluate(&scenario.expect, &result);
     let mut reasons: Vec<String> =
         result.failed_checks().map(|c| format!("check {}: {}", c.check, c.detail)).collect();
@@ -179,15 +210,37 @@ fn judge(scenario: &Scenario, opts: &RunOptions, mut result: ScenarioResult, out
     out.result = Some(result);
 }
 
+/// The suffix of a scenario's specific snapshot (`<name>@<suffix>.snap`),
+/// when the scenario declares that its result varies: `5.10`, `integrity`
+/// or `5.10+integrity`.
+pub fn specific_snapshot_key(varies_by: &[Dimension], kernel: &KernelContext) -> Option<String> {
+    let mut parts = Vec::new();
+    if varies_by.contains(&Dimension::Kernel) {
+        parts.push(kernel.name.clone());
+    }
+    if varies_by.contains(&Dimension::Lockdown) {
+        parts.push(lockdown_name(kernel.lockdown).to_string());
+    }
+    (!parts.is_empty()).then(|| parts.join("+"))
+}
+
+/// The kernel's spelling of a lockdown mode.
+pub fn lockdown_name(mode: Lockdown) -> &'static str {
+    match mode {
+        Lockdown::None => "none",
+        Lockdown::Integrity => "integrity",
+        Lockdown::Confidentiality => "confidentiality",
+    }
+}
+
 fn snapshot(
     scenario: &Scenario,
     opts: &RunOptions,
     result: &ScenarioResult,
 ) -> Result<SnapshotOutcome, SnapshotError> {
-    let varies = scenario.expect.varies_by.contains(&Dimension::Kernel);
-    let specific = varies.then_some(opts.kernel.name.as_str());
+    let specific = specific_snapshot_key(&scenario.expect.varies_by, &opts.kernel);
     let source = scenario.path.display().to_string();
-    opts.snapshots.check(&scenario.name, &source, specific, &result.snapshot(), opts.writes)
+    opts.snapshots.check(&scenario.name, &source, specific.as_deref(), &result.snapshot(), opts.writes)
 }
 
 /// Run every scenario in order, reporting each as it ends.
@@ -212,7 +265,10 @@ pub fn run_all(
 /// The summary table printed at the end of `tclab run`.
 pub fn summary_table(outcomes: &[ScenarioOutcome]) -> String {
     let width = outcomes.iter().map(|o| o.scenario.len()).max().unwrap_or(8).max(8);
-    let mut out = format!("{:<width$}  {:<6}  {:<7}  {:>7}  detail\n", "scenario", "kernel", "status", "time");
+    let mut out = format!(
+        "{:<width$}  {:<6}  {:<15}  {:<6}  {:>7}  detail\n",
+        "scenario", "kernel", "lockdown", "status", "time"
+    );
     for o in outcomes {
         let (status, detail) = match &o.status {
             Status::Passed => ("pass", String::new()),
@@ -220,7 +276,11 @@ pub fn summary_table(outcomes: &[ScenarioOutcome]) -> String {
             Status::Skipped(r) => ("skip", r.clone()),
         };
         let time = format!("{:.2}s", Duration::from_millis(o.duration_ms as u64).as_secs_f64());
-        out.push_str(&format!("{:<width$}  {:<6}  {:<7}  {:>7}  {detail}\n", o.scenario, o.kernel, status, time));
+        let lockdown = lockdown_name(o.lockdown);
+        out.push_str(&format!(
+            "{:<width$}  {:<6}  {:<15}  {:<6}  {:>7}  {detail}\n",
+            o.scenario, o.kernel, lockdown, status, time
+        ));
     }
     let count = |f: fn(&Status) -> bool| outcomes.iter().filter(|o| f(&o.status)).count();
     out.push_str(&format!(

@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How the agent's start went, when the chain has the agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentOutcome {
     NotInChain,
@@ -19,7 +19,7 @@ pub enum AgentOutcome {
 }
 
 /// One program on one hook, as the kernel reports the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainLine {
     pub hook: String,
     /// "tcx" or "netlink prio=N handle=0xH".
@@ -30,7 +30,7 @@ pub struct ChainLine {
 }
 
 /// One replayed packet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PacketLine {
     /// 1-based position in its pcap.
     pub index: usize,
@@ -42,7 +42,7 @@ pub struct PacketLine {
 }
 
 /// An inline check from `[expect]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckOutcome {
     pub check: String,
     pub passed: bool,
@@ -50,7 +50,7 @@ pub struct CheckOutcome {
 }
 
 /// Everything a scenario run collected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScenarioResult {
     pub scenario: String,
     pub kernel: String,

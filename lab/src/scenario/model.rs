@@ -41,6 +41,12 @@ impl Scenario {
         self.lockdown.contains(&mode)
     }
 
+    /// Every file the scenario needs besides itself (pcaps, objects): what
+    /// the kernel matrix copies into the guest next to the scenario file.
+    pub fn referenced_files(&self) -> Vec<PathBuf> {
+        self.replays.iter().map(|r| r.pcap.clone()).collect()
+    }
+
     /// The first required capability `has` says is missing, for "skipped: needs tcx".
     pub fn missing_capability(&self, has: impl Fn(Capability) -> bool) -> Option<Capability> {
         self.requires.iter().copied().find(|c| !has(*c))

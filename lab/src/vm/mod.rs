@@ -210,14 +210,10 @@ impl CellOutcome {
 fn init_of(spec: &CellSpec) -> Result<InitSpec, VmError> {
     match &spec.init {
         Some(i) => Ok(i.clone()),
-        None => Ok(InitSpec {
-            exe: std::env::current_exe().map_err(|source| VmError::Io {
-                op: "find the running executable",
-                path: PathBuf::from("/proc/self/exe"),
-                source,
-            })?,
-            args: Vec::new(),
-        }),
+        // Not current_exe(): a rebuild while the matrix runs replaces the
+        // file, and its path then reads "… (deleted)"; /proc/self/exe still
+        // opens the very binary that is running.
+        None => Ok(InitSpec { exe: PathBuf::from("/proc/self/exe"), args: Vec::new() }),
     }
 }
 
@@ -333,6 +329,16 @@ fn cached_base(cache: &BaseCache, spec: &CellSpec) -> Result<std::sync::Arc<init
 /// Cells sharing a kernel share one base archive. Results come back in the
 /// order of `specs`.
 pub fn run_cells(specs: &[CellSpec], jobs: usize) -> Vec<Result<CellOutcome, VmError>> {
+    run_cells_with(specs, jobs, |_, _| {})
+}
+
+/// [`run_cells`], calling `done(index, outcome)` as each cell ends (for live
+/// progress), from the thread that ran it.
+pub fn run_cells_with(
+    specs: &[CellSpec],
+    jobs: usize,
+    done: impl Fn(usize, &Result<CellOutcome, VmError>) + Sync,
+) -> Vec<Result<CellOutcome, VmError>> {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let bases: BaseCache = Mutex::default();
@@ -346,6 +352,7 @@ pub fn run_cells(specs: &[CellSpec], jobs: usize) -> Vec<Result<CellOutcome, VmE
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(spec) = specs.get(i) else { break };
                     let r = cached_base(&bases, spec).and_then(|base| run_cell_on(spec, &base));
+                    done(i, &r);
                     if let Ok(mut all) = results.lock() {
                         all[i] = Some(r);
                     }

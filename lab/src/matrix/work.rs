@@ -1,0 +1,71 @@
+//! What the host asks a matrix guest to do, and what the guest sends back.
+//!
+//! The guest runs each scenario with the same [`runner::collect`] as the
+//! host and sends one [`SCENARIO_RECORD`] per scenario as it ends; judging
+//! (checks, snapshots) happens on the host, where the snapshots live.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::guest::{GuestRequest, Sink};
+use crate::runner::{self, Collected, KernelContext, RunOptions};
+use crate::scenario;
+use crate::snapshot::{PendingWrites, SnapshotStore};
+
+/// The name of the result record carrying one scenario.
+pub const SCENARIO_RECORD: &str = "scenario";
+
+/// The `work` of a matrix cell's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GuestWork {
+    /// Run these scenario files (guest paths), in order.
+    Scenarios {
+        /// The matrix name of the kernel ("5.10"), for kernel selectors.
+        kernel: String,
+        files: Vec<String>,
+    },
+}
+
+/// One scenario's result, as sent by the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScenarioRecord {
+    /// Position in the request's `files`.
+    pub index: usize,
+    pub collected: Collected,
+    pub duration_ms: u64,
+}
+
+/// The guest side: run every scenario of the request and stream the records.
+/// A scenario that cannot even be loaded is reported as an error record; the
+/// others still run.
+pub fn run_in_guest(request: &GuestRequest, sink: &mut Sink) -> anyhow::Result<()> {
+    if request.work.is_null() {
+        return Ok(());
+    }
+    let work: GuestWork = serde_json::from_value(request.work.clone())
+        .map_err(|e| anyhow::anyhow!("failed to decode the matrix work: {e}"))?;
+    let GuestWork::Scenarios { kernel, files } = work;
+    let opts = RunOptions {
+        kernel: KernelContext::probe_running(&kernel),
+        // Unused in the guest: judging happens on the host.
+        snapshots: SnapshotStore::new(crate::guest::PAYLOAD_DIR),
+        writes: PendingWrites::Never,
+        results_dir: None,
+    };
+    for (index, file) in files.iter().enumerate() {
+        let started = Instant::now();
+        let collected = match scenario::load_scenario(Path::new(file)) {
+            Ok(s) => runner::collect(&s, &opts),
+            Err(e) => Collected::Error { error: e.to_string() },
+        };
+        let record = ScenarioRecord { index, collected, duration_ms: started.elapsed().as_millis() as u64 };
+        match serde_json::to_value(&record) {
+            Ok(data) => sink.result(SCENARIO_RECORD, data),
+            Err(e) => sink.error("encode scenario record", format!("{file}: {e}")),
+        }
+    }
+    Ok(())
+}

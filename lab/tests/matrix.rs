@@ -1,0 +1,169 @@
+//! The kernel matrix end to end: every scenario in `scenarios/` inside QEMU
+//! on 5.10, 6.1 and 6.12 (lockdown=none), plus one cell per other lockdown
+//! mode, with the `tclab` binary as the guest's init, judged against the
+//! same reviewed snapshots as the host-kernel run.
+//!
+//! Needs the kernels in the cache (`tclab kernels fetch`, done by `.ci/run`)
+//! and `qemu-system-x86_64`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tclab_lab::guest::LockdownMode;
+use tclab_lab::kernels::{self, Cache, CachedKernel, Catalog};
+use tclab_lab::matrix::{self, CellReport, MatrixOptions};
+use tclab_lab::runner::{self, Status};
+use tclab_lab::snapshot::{PendingWrites, SnapshotStore};
+use tclab_lab::vm::InitSpec;
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("lab/ has a parent")
+}
+
+fn kernel(test: &str, name: &str) -> Option<CachedKernel> {
+    if !tclab_net::require::root(test)
+        || !tclab_net::require::program(test, "qemu-system-x86_64", "apt-get install qemu-system-x86 (see .ci/run)")
+    {
+        return None;
+    }
+    let catalog = Catalog::load(&kernels::default_manifest_dir()).expect("manifests load");
+    let cache = Cache::default_location().expect("cache location");
+    let manifest = catalog.get(name).expect("manifest");
+    if !tclab_net::require::path(test, &cache.dir_for(manifest).join("verified"), "run `tclab kernels fetch` first") {
+        return None;
+    }
+    Some(cache.kernel(manifest).expect("verified kernel"))
+}
+
+fn tclab() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tclab"))
+}
+
+/// Every failed cell or scenario, with its reasons and diffs.
+fn failures(cells: &[CellReport]) -> String {
+    let mut out = String::new();
+    for c in cells {
+        if let Some(f) = &c.failure {
+            out.push_str(&format!("\ncell {} failed: {f}\n{}\n", c.label(), c.console_excerpt.join("\n")));
+        }
+        for o in c.outcomes.iter().filter(|o| o.failed()) {
+            let Status::Failed(reasons) = &o.status else { continue };
+            out.push_str(&format!("\n{} on {}: {}\n", o.scenario, c.label(), reasons.join("; ")));
+            if let Some(diff) = &o.diff {
+                out.push_str(diff);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn matrix_runs_every_scenario_on_each_kernel_and_lockdown_mode() {
+    let test = "matrix_runs_every_scenario";
+    let kernels: Option<Vec<CachedKernel>> = ["5.10", "6.1", "6.12"].iter().map(|n| kernel(test, n)).collect();
+    let Some(kernels) = kernels else { return };
+    let Ok([k510, k61, k612]) = <[CachedKernel; 3]>::try_from(kernels) else { unreachable!("three names") };
+    let dir = workspace().join("scenarios");
+    let scenarios = tclab_lab::scenario::load_dir(&dir).unwrap_or_else(|errors| {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        panic!("scenario errors:\n{}", text.join("\n"))
+    });
+    let store = SnapshotStore::new(dir.join("snapshots"));
+    let base = |kernels: Vec<CachedKernel>, lockdowns: Vec<LockdownMode>| {
+        let mut o = MatrixOptions::new(kernels, lockdowns, store.clone());
+        o.writes = PendingWrites::from_env();
+        o.init = Some(InitSpec { exe: tclab(), args: Vec::new() });
+        o
+    };
+    // Five cells: each kernel without lockdown, and each lockdown mode once.
+    let plans = [
+        base(vec![k510, k61.clone(), k612.clone()], vec![LockdownMode::None]),
+        base(vec![k61], vec![LockdownMode::Integrity]),
+        base(vec![k612], vec![LockdownMode::Confidentiality]),
+    ];
+    let mut cells = Vec::new();
+    for plan in &plans {
+        cells.extend(matrix::run(&scenarios, plan, |c| eprintln!("{}", matrix::cell_line(c))).expect("matrix runs"));
+    }
+    let all: Vec<_> = cells.iter().flat_map(|c| c.outcomes.iter().cloned()).collect();
+    let table = runner::summary_table(&all);
+    eprintln!("{table}");
+    let failed = failures(&cells);
+    assert!(failed.is_empty(), "{table}{failed}");
+
+    assert_eq!(cells.len(), 5, "{table}");
+    for c in &cells {
+        // The capability snapshot, then one outcome per scenario.
+        assert_eq!(c.outcomes.len(), scenarios.len() + 1, "cell {}:\n{table}", c.label());
+        assert_eq!(c.outcomes[0].scenario, matrix::capabilities::NAME);
+        assert_eq!(c.outcomes[0].status, Status::Passed, "cell {}", c.label());
+        let ran = c.outcomes.iter().filter(|o| o.status == Status::Passed).count();
+        assert!(ran >= 10, "only {ran} scenarios passed on {}:\n{table}", c.label());
+        for o in &c.outcomes {
+            if let Status::Skipped(why) = &o.status {
+                // Only a missing capability may skip here: no scenario in
+                // scenarios/ names a kernel or lockdown it avoids.
+                assert!(why.starts_with("needs "), "{} skipped on {}: {why}", o.scenario, c.label());
+            }
+        }
+    }
+    // TCX arrived in 6.6: the TCX scenarios say so on 5.10 and 6.1 and run on 6.12.
+    let tcx = scenarios.iter().find(|s| s.name == "agent-tcx-http-get").expect("agent-tcx-http-get exists");
+    for c in &cells {
+        let o = c.outcomes.iter().find(|o| o.scenario == tcx.name).expect("reported");
+        if c.kernel == "6.12" {
+            assert_eq!(o.status, Status::Passed, "{}", c.label());
+        } else {
+            assert_eq!(o.status, Status::Skipped("needs tcx".into()), "{}", c.label());
+        }
+    }
+    // Under lockdown the probe says bpf_probe_write_user is refused.
+    for c in &cells {
+        let caps = c.capabilities.as_deref().expect("probe reported");
+        let expect = if c.lockdown == LockdownMode::None { "probe_write_user: true" } else { "probe_write_user: false" };
+        assert!(caps.lines().any(|l| l == expect), "{}:\n{caps}", c.label());
+    }
+}
+
+#[test]
+fn tclab_run_with_kernel_boots_the_cell_and_prints_the_table() {
+    let Some(_) = kernel("tclab_run_with_kernel", "5.10") else { return };
+    let results = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(tclab())
+        .current_dir(workspace())
+        .env("INSTA_UPDATE", "no")
+        .args(["run", "--kernel", "5.10", "--lockdown", "integrity", "scenarios/agent-netlink-http-get.toml"])
+        .arg("--results")
+        .arg(results.path())
+        .output()
+        .expect("tclab runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tclab run failed:\n{stdout}\n{stderr}");
+    let row = stdout.lines().find(|l| l.starts_with("agent-netlink-http-get")).unwrap_or_else(|| panic!("no row:\n{stdout}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[1..4], ["5.10", "integrity", "pass"], "{row}");
+    assert!(stdout.contains("2 passed, 0 failed, 0 skipped"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.path().join("results.json")).expect("results.json")).expect("json");
+    let cell = &json["cells"][0];
+    assert_eq!(cell["kernel"], "5.10");
+    assert_eq!(cell["lockdown"], "integrity");
+    assert!(cell["boot_ms"].as_u64().is_some_and(|ms| ms > 0), "{cell}");
+}
+
+#[test]
+fn tclab_run_rejects_unknown_kernels_and_lockdown_modes_before_booting() {
+    let Some(_) = kernel("tclab_run_rejects", "5.10") else { return };
+    let run = |args: &[&str]| {
+        let out = Command::new(tclab()).current_dir(workspace()).arg("run").args(args).output().expect("tclab runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?} should be an infrastructure error");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&["--kernel", "4.19"]);
+    assert!(e.contains("4.19") && e.contains("5.10"), "names the unknown kernel and the known ones: {e}");
+    let e = run(&["--kernel", "5.10", "--lockdown", "paranoid"]);
+    assert!(e.contains("paranoid") && e.contains("confidentiality"), "{e}");
+    let e = run(&["--lockdown", "integrity"]);
+    assert!(e.contains("--lockdown applies to QEMU kernels"), "{e}");
+}
