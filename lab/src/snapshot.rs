@@ -96,10 +96,13 @@ impl SnapshotStore {
         writes: PendingWrites,
     ) -> Result<SnapshotOutcome, SnapshotError> {
         let specific = kernel_specific.map(|k| self.path_for(scenario, Some(k)));
-        let path = match specific {
-            Some(p) if p.exists() => p,
+        let path = match &specific {
+            Some(p) if p.exists() => p.clone(),
             _ => self.path_for(scenario, None),
         };
+        // A varying scenario that differs from the common snapshot gets its
+        // own pending file: the common one stays as other kernels need it.
+        let pending_target = specific.unwrap_or_else(|| path.clone());
         let expected = match fs::read_to_string(&path) {
             Ok(text) => Some(strip_header(&text).to_string()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -109,7 +112,7 @@ impl SnapshotStore {
         let pending = match (&expected, writes) {
             (Some(e), _) if *e == actual => return Ok(SnapshotOutcome::Matched { path }),
             (_, PendingWrites::Never) => None,
-            (_, PendingWrites::Write) => Some(self.write_pending(&path, scenario, source, &actual)?),
+            (_, PendingWrites::Write) => Some(self.write_pending(&pending_target, scenario, source, &actual)?),
         };
         Ok(match expected {
             None => SnapshotOutcome::Missing { path, pending },
@@ -291,6 +294,17 @@ mod tests {
         assert!(on_510.expect("check").passed());
         let on_612 = store.check("s", "s.toml", Some("6.12"), "common", PendingWrites::Never);
         assert!(on_612.expect("check").passed());
+    }
+
+    #[test]
+    fn a_varying_scenario_that_differs_gets_its_own_pending_snapshot() {
+        let (_dir, store) = store();
+        fs::create_dir_all(store.dir()).expect("mkdir");
+        fs::write(store.path_for("s", None), "---\nsource: x\nexpression: s\n---\ncommon\n").expect("write");
+        let out = store.check("s", "s.toml", Some("5.10"), "on 5.10\n", PendingWrites::Write).expect("check");
+        let SnapshotOutcome::Mismatch { pending: Some(pending), .. } = out else { panic!("{out:?}") };
+        assert_eq!(pending, store.dir().join("s@5.10.snap.new"));
+        assert!(!store.dir().join("s.snap.new").exists(), "the common snapshot is left alone");
     }
 
     #[test]
