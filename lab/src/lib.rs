@@ -12,4 +12,5 @@ pub mod fixtures;
 pub mod vm;
 pub mod guest;
 pub mod runner;
+pub mod byo;
 pub mod matrix;

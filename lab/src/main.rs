@@ -61,6 +61,17 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// What a compiled BPF object holds (programs, sections, maps, globals,
+    /// BTF, CO-RE relocations) and whether each program loads on this kernel.
+    Inspect {
+        object: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+        /// Skip the load-only dry run.
+        #[arg(long)]
+        no_load: bool,
+    },
+}
 }
 
 #[derive(Subcommand)]
@@ -121,6 +132,15 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(args),
+        Command::Inspect { object, output, no_load } => {
+            let report = tclab_lab::byo::inspect(&object, !no_load)?;
+            match output {
+                Output::Table => print!("{}", report.text()),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            let rejected = report.dry_run.iter().any(|d| matches!(d.load, tclab_lab::byo::LoadCheck::Rejected { .. }));
+            Ok(if rejected { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
         Command::Review { snapshots, accept, reject } => review(&snapshots, accept, reject),
         Command::Check { paths } => check(&paths),
         Command::Kernels { command, manifests } => kernels(command, &manifests),

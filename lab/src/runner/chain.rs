@@ -46,10 +46,12 @@ pub enum EntryProgram {
     Cilium(Box<CiliumLikeProgram>),
     /// An agent whose datapath failed to load: it refused to start.
     NotLoaded,
+    /// A compiled BPF object of the user's, loaded with libbpf (`crate::byo`).
+    Object(Box<crate::byo::LoadedObject>),
 }
 
 impl EntryProgram {
-    fn load(entry: &ChainEntry, agent: &AgentSettings, iface: &str) -> anyhow::Result<EntryProgram> {
+    fn load(entry: &ChainEntry, agent: &AgentSettings, iface: &str, pins: &mut crate::byo::Pins) -> anyhow::Result<EntryProgram> {
         let verdict = match &entry.program {
             Program::Builtin(Builtin::Agent) => {
                 let cfg = datapath_config(agent);
@@ -61,6 +63,7 @@ impl EntryProgram {
             Program::Builtin(Builtin::Drop) => Verdict::Drop,
             Program::Cilium { name, behaviour } => return load_cilium(entry, &name.0, behaviour, iface),
             Program::Foreign { name, behaviour } => return load_cilium(entry, name, behaviour, iface),
+            Program::Object(o) => return Ok(EntryProgram::Object(Box::new(crate::byo::LoadedObject::load(&entry.name, o, pins)?))),
         };
         let prog = TestProgram::load(verdict)
             .with_context(|| format!("failed to load test program for chain entry `{}`", entry.name))?;
@@ -72,7 +75,7 @@ impl EntryProgram {
             EntryProgram::Agent(dp) => dp.program_mut(hook_of(hook)),
             EntryProgram::Test(t) => t.program_mut(),
             EntryProgram::Cilium(c) => c.program_mut(),
-            EntryProgram::NotLoaded => return None,
+            EntryProgram::NotLoaded | EntryProgram::Object(_) => return None,
         })
     }
 
@@ -83,6 +86,7 @@ impl EntryProgram {
             EntryProgram::Test(t) => t.packets().context("failed to read a test program's counter")?,
             EntryProgram::Cilium(c) => c.stats().context("failed to read a Cilium-like program's counters")?.packets,
             EntryProgram::NotLoaded => 0,
+            EntryProgram::Object(o) => o.packets()?,
         })
     }
 }
@@ -209,9 +213,11 @@ impl LiveChain {
         kernel_has_tcx: bool,
     ) -> anyhow::Result<LiveChain> {
         let mut entries = Vec::with_capacity(chain.len());
+        // Maps object entries share (pinned by name, `reuse`), in memory.
+        let mut pins = crate::byo::Pins::default();
         for entry in chain {
             let is_agent = entry.program == Program::Builtin(Builtin::Agent);
-            let (program, state) = match EntryProgram::load(entry, agent, iface) {
+            let (program, state) = match EntryProgram::load(entry, agent, iface, &mut pins) {
                 Ok(p) => (p, is_agent.then_some(AgentStart::Pending)),
                 // The agent's own load failing is the agent refusing to start.
                 Err(e) if is_agent => (EntryProgram::NotLoaded, Some(AgentStart::Refused { error: format!("{e:#}") })),
@@ -333,6 +339,9 @@ impl LiveChain {
     }
 
     fn attach_step(&mut self, idx: usize, hook: Direction, how: &ResolvedAttach) -> anyhow::Result<()> {
+        if matches!(self.entries[idx].program, EntryProgram::Object(_)) {
+            return self.attach_object(idx, hook, how);
+        }
         let options = match how {
             ResolvedAttach::Tcx(order) => TcAttachOptions::TcxOrder(self.link_order(order, hook)?),
             ResolvedAttach::Netlink { priority, handle } => TcAttachOptions::Netlink(NlOptions {
@@ -353,6 +362,36 @@ impl LiveChain {
         entry.links.push(Held::Aya(link));
         entry.ids.insert(hook, id);
         Ok(())
+    }
+
+    /// An object entry attaches through libbpf's fd, with the same TCX order
+    /// (by the kernel id of the program it names) or netlink slot.
+    fn attach_object(&mut self, idx: usize, hook: Direction, how: &ResolvedAttach) -> anyhow::Result<()> {
+        let relative = match how {
+            ResolvedAttach::Tcx(TcxOrder::Before(n) | TcxOrder::After(n)) => {
+                let target = self.index_of(n).and_then(|i| self.entries[i].ids.get(&hook).copied());
+                Some(target.with_context(|| format!("`{n}` is not attached on {hook:?} yet"))?)
+            }
+            _ => None,
+        };
+        let iface = self.iface.clone();
+        let ifindex = ifindex_of(&iface)?;
+        let entry = &mut self.entries[idx];
+        let EntryProgram::Object(o) = &mut entry.program else { bail!("chain entry `{}` is not an object", entry.name) };
+        let id = o.attach(&iface, ifindex, hook, how, relative)?;
+        entry.ids.insert(hook, id);
+        Ok(())
+    }
+
+    /// The maps object entries list under `dump`, read now.
+    pub fn object_dumps(&self) -> anyhow::Result<Vec<crate::byo::MapDump>> {
+        let mut out = Vec::new();
+        for e in &self.entries {
+            if let EntryProgram::Object(o) = &e.program {
+                out.extend(o.dump_maps().with_context(|| format!("chain entry `{}`: failed to dump its maps", e.name))?);
+            }
+        }
+        Ok(out)
     }
 
     fn link_order(&self, order: &TcxOrder, hook: Direction) -> anyhow::Result<LinkOrder> {

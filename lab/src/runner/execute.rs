@@ -91,6 +91,7 @@ fn inside_device_ns(
     for (entry, n) in chain.entries.iter().zip(counts) {
         result.counters.insert(entry.name.clone(), n);
     }
+    result.maps = chain.object_dumps()?;
     Ok(result)
 }
 

@@ -69,6 +69,9 @@ pub struct ScenarioResult {
     /// after its egress (at the peer).
     pub output: Vec<String>,
     pub checks: Vec<CheckOutcome>,
+    /// Maps of object entries the scenario lists under `dump`.
+    #[serde(default)]
+    pub maps: Vec<crate::byo::MapDump>,
 }
 
 impl ScenarioResult {
@@ -87,6 +90,7 @@ impl ScenarioResult {
             agent_counters: BTreeMap::new(),
             output: Vec::new(),
             checks: Vec::new(),
+            maps: Vec::new(),
         }
     }
 
@@ -118,6 +122,13 @@ impl ScenarioResult {
         section(&mut s, "ct", self.ct.iter().cloned());
         section(&mut s, "counters", self.counters.iter().map(|(k, v)| format!("{k}: {v}")));
         section(&mut s, "agent_counters", self.agent_counters.iter().map(|(k, v)| format!("{k}: {v}")));
+        // Only scenarios with object entries have it: other snapshots stay as they are.
+        if !self.maps.is_empty() {
+            section(&mut s, "maps", self.maps.iter().flat_map(|m| {
+                let head = if m.lines.is_empty() { format!("{}/{}: []", m.entry, m.map) } else { format!("{}/{}:", m.entry, m.map) };
+                std::iter::once(head).chain(m.lines.iter().map(|l| format!("  {l}")))
+            }));
+        }
         let _ = writeln!(s, "events_lost: {}", self.events_lost);
         s
     }

@@ -33,7 +33,7 @@ pub(crate) fn validate_chain(
             continue;
         }
         first_seen.insert(name, super::error::line_col(cx.src, e.name.span().start).0);
-        let Some(program) = program(cx, &e.program) else {
+        let Some(program) = program(cx, &e.program, e.direction.unwrap_or(Direction::Both)) else {
             continue;
         };
         let direction = e.direction.unwrap_or(Direction::Both);
@@ -51,14 +51,20 @@ pub(crate) fn validate_chain(
     }
     check_order_refs(cx, raw, &out, agent);
     check_netlink_clashes(cx, raw, &out);
+    for (span, message) in crate::byo::spec::check_reuse(&out) {
+        cx.err(span, message);
+    }
     out
 }
 
-fn program(cx: &mut Ctx, p: &Spanned<RawProgram>) -> Option<Program> {
+fn program(cx: &mut Ctx, p: &Spanned<RawProgram>, direction: Direction) -> Option<Program> {
     let t = match p.get_ref() {
         RawProgram::Builtin(b) => return Some(Program::Builtin(*b)),
         RawProgram::Table(t) => t,
     };
+    if let Some(object) = object_program(cx, p, t, direction) {
+        return object;
+    }
     let name = match (&t.cilium, &t.foreign) {
         (Some(_), Some(f)) => {
             cx.err(f.span(), "a program table has either `cilium` or `foreign`, expected only one of them");
@@ -69,7 +75,7 @@ fn program(cx: &mut Ctx, p: &Spanned<RawProgram>) -> Option<Program> {
         (None, None) => {
             cx.err(
                 p.span(),
-                "a program table needs a `cilium` key (or `foreign` for another vendor's program), expected e.g. { cilium = \"cil_from_netdev\", behaviour = \"ok\" }",
+                "a program table needs a `cilium` key (or `foreign` for another vendor's program, or `object` for a compiled BPF object), expected e.g. { cilium = \"cil_from_netdev\", behaviour = \"ok\" } or { object = \"my.o\", program = \"my_prog\" }",
             );
             return None;
         }
@@ -162,6 +168,41 @@ fn check_redirect(
             ),
         );
     }
+}
+
+/// `Some` when the table has object keys (`{ object = "x.o", … }`): the
+/// checked object entry, or `None` inside after reporting its errors.
+fn object_program(cx: &mut Ctx, p: &Spanned<RawProgram>, t: &RawProgramTable, direction: Direction) -> Option<Option<Program>> {
+    let mut cilium_keys: Vec<_> = [(&t.cilium, "cilium"), (&t.foreign, "foreign"), (&t.redirect_to, "redirect_to"), (&t.dnat_from, "dnat_from"), (&t.dnat_to, "dnat_to")]
+        .into_iter()
+        .filter_map(|(v, key)| v.as_ref().map(|v| (v.span(), key)))
+        .collect();
+    cilium_keys.extend(t.behaviour.as_ref().map(|b| (b.span(), "behaviour")));
+    let raw = crate::byo::spec::RawObject {
+        span: p.span(),
+        object: t.object.as_ref(),
+        program: t.program.as_ref(),
+        constants: &t.constants,
+        fill: &t.fill,
+        pin: &t.pin,
+        reuse: &t.reuse,
+        tail_calls: &t.tail_calls,
+        dump: &t.dump,
+        cilium_keys,
+    };
+    if !raw.any() {
+        return None;
+    }
+    let base = cx.file.parent().unwrap_or(std::path::Path::new("."));
+    Some(match crate::byo::spec::validate(&raw, base, direction) {
+        Ok(o) => Some(Program::Object(Box::new(o))),
+        Err(errors) => {
+            for (span, message) in errors {
+                cx.err(span, message);
+            }
+            None
+        }
+    })
 }
 
 fn behaviour(

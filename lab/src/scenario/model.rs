@@ -44,7 +44,11 @@ impl Scenario {
     /// Every file the scenario needs besides itself (pcaps, objects): what
     /// the kernel matrix copies into the guest next to the scenario file.
     pub fn referenced_files(&self) -> Vec<PathBuf> {
-        self.replays.iter().map(|r| r.pcap.clone()).collect()
+        let objects = self.chain.iter().filter_map(|e| match &e.program {
+            Program::Object(o) => Some(o.path.clone()),
+            _ => None,
+        });
+        self.replays.iter().map(|r| r.pcap.clone()).chain(objects).collect()
     }
 
     /// The first required capability `has` says is missing, for "skipped: needs tcx".
@@ -218,6 +222,8 @@ pub enum Program {
         name: String,
         behaviour: Behaviour,
     },
+    /// A compiled BPF object of the user's, loaded with libbpf (`crate::byo`).
+    Object(Box<crate::byo::ObjectProgram>),
 }
 
 /// Names `{ foreign = "…" }` accepts.

@@ -88,6 +88,21 @@ pub(crate) struct RawProgramTable {
     pub dnat_to: Option<S<String>>,
     /// The neutral program of "another vendor" (instead of `cilium`).
     pub foreign: Option<S<String>>,
+    /// `{ object = "x.o", … }`: a compiled BPF object (see `crate::byo::spec`).
+    pub object: Option<S<String>>,
+    pub program: Option<S<crate::byo::spec::RawProgramSel>>,
+    #[serde(default)]
+    pub constants: BTreeMap<S<String>, S<toml::Value>>,
+    #[serde(default)]
+    pub fill: Vec<crate::byo::spec::RawFill>,
+    #[serde(default)]
+    pub pin: Vec<S<String>>,
+    #[serde(default)]
+    pub reuse: BTreeMap<S<String>, S<String>>,
+    #[serde(default)]
+    pub tail_calls: Vec<crate::byo::spec::RawTailCall>,
+    #[serde(default)]
+    pub dump: Vec<S<crate::byo::spec::RawDump>>,
 }
 
 #[derive(Debug, Deserialize)]
