@@ -524,4 +524,27 @@ mod tests {
         let c = chain(vec![entry(Api::Netlink, "cil_to_netdev", Some(2), false), entry(Api::Netlink, "other", Some(1), false)]);
         assert_eq!(check_rules(&c, Api::Netlink), Ok(vec![]));
     }
+
+    #[test]
+    fn refusals_and_warnings_name_programs_by_id() {
+        let c = chain(vec![entry(Api::Tcx, "cil_from_netdev", None, false)]);
+        let e = check_rules(&c, Api::Netlink).unwrap_err().to_string();
+        assert!(e.contains("(ingress cil_from_netdev (id 7))"), "{e}");
+        let mut before = entry(Api::Tcx, "acme_tc_filter", None, false);
+        before.runs_before_us = true;
+        before.prog_id = None;
+        let w = warn_before_us(&chain(vec![before]));
+        assert_eq!(w, vec!["eth0 ingress: tcx program \"acme_tc_filter\" (id ?) runs before ours and can end the chain or drop packets before we see them"]);
+    }
+
+    #[test]
+    fn another_agents_classifier_is_not_dry_run() {
+        // An id no program has: a dry run would fail and say so.
+        let mut other = entry(Api::Tcx, crate::loader::PROG_INGRESS, None, false);
+        other.runs_before_us = true;
+        other.prog_id = Some(u32::MAX);
+        let w = warn_before_us_dry_run(&chain(vec![other]));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].ends_with("; not dry-run: another tclab agent's classifier, which returns TC_ACT_UNSPEC (continues)"), "{}", w[0]);
+    }
 }

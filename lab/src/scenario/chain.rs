@@ -600,9 +600,13 @@ pub fn resolve_chain(s: &Scenario, kernel_has_tcx: bool) -> ResolvedChain {
             out.sequence.push(step);
         }
     }
-    // Lower priority runs first; equal priorities keep attach order (stable sort).
-    out.ingress.netlink.sort_by_key(|n| n.priority);
-    out.egress.netlink.sort_by_key(|n| n.priority);
+    // Lower priority runs first; within one priority the kernel puts each
+    // new filter at the head, so the newest runs first (stable sort of the
+    // reversed attach order).
+    for hc in [&mut out.ingress, &mut out.egress] {
+        hc.netlink.reverse();
+        hc.netlink.sort_by_key(|n| n.priority);
+    }
     out
 }
 
