@@ -107,6 +107,11 @@ pub struct HttpRequest {
     pub size: u32,
     /// The header block ended inside the captured bytes.
     pub headers_complete: bool,
+    /// Whether the request line ended in this segment; when it did not, the
+    /// continuation events of the request complete `path`
+    /// ([`HttpContinuation::line_rest`]).
+    #[serde(default, skip_serializing_if = "RequestLine::is_complete")]
+    pub request_line: RequestLine,
     /// Further requests pipelined in the same segment, parsed from the
     /// captured bytes. The kernel judges the first request's traceparent;
     /// these are judged in user space by the same W3C rules ([`crate::w3c`],
@@ -132,7 +137,41 @@ pub struct HttpResponse {
     pub pipelined: Vec<HttpResponse>,
 }
 
-/// A later segment of a request whose headers were split.
+/// How far the request line of a request event got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestLine {
+    /// It ended in the segment (or was cut by the capture limit: what was
+    /// captured is all there will be).
+    #[default]
+    Complete,
+    /// The segment ended after the target: only the version goes on.
+    CutAfterTarget,
+    /// The segment ended inside the target: the next segment continues it.
+    CutInTarget,
+}
+
+impl RequestLine {
+    /// Nothing more to learn from later segments.
+    pub fn is_complete(&self) -> bool {
+        *self == RequestLine::Complete
+    }
+}
+
+/// How [`HttpContinuation::line_rest`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineEnd {
+    /// A line feed: the line is complete.
+    #[default]
+    LineFeed,
+    /// The end of the segment: the line may go on in the next one.
+    Segment,
+    /// The end of the capture: the rest of the line is unknown.
+    Capture,
+}
+
+/// A later segment of a request whose head was split.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpContinuation {
     /// Common fields.
@@ -145,6 +184,14 @@ pub struct HttpContinuation {
     pub tracestate: Option<String>,
     /// TCP payload length of the segment.
     pub size: u32,
+    /// The segment's text before its first line feed (CR removed), without
+    /// the bytes the kernel carried over from the previous segment: the
+    /// rest of a request line that segment cut.
+    #[serde(default)]
+    pub line_rest: String,
+    /// What ends `line_rest`.
+    #[serde(default)]
+    pub line_rest_end: LineEnd,
 }
 
 /// One decoded ring-buffer record.
@@ -233,11 +280,19 @@ fn decode_http(kind: EventKind, meta: EventMeta, ev: &HttpEvent) -> Result<Event
     };
     let tracestate = (!ev.tracestate().is_empty()).then(|| String::from_utf8_lossy(ev.tracestate()).into_owned());
     let size = ev.payload_len;
-    let parsed = parse_http_head(payload);
+    // everything of the segment was captured (the carried bytes come first)
+    let whole = payload.len() >= usize::from(ev.carried_len) + size as usize;
+    // a continuation that begins inside a line: its headers start after the first LF
+    let lines = match ev.line_start {
+        0 => payload.iter().position(|&c| c == b'\n').map_or(&[][..], |lf| &payload[lf + 1..]),
+        _ => payload,
+    };
+    let parsed = parse_http_head(lines);
     Ok(match kind {
         EventKind::HttpRequest => {
-            let Some(StartLine::Request { method, path }) = parsed.start else {
-                return Err(invalid("payload has no request line".into()));
+            let (method, path, request_line) = match parsed.start {
+                Some(StartLine::Request { method, path }) => (method, path, RequestLine::Complete),
+                _ => parse_cut_request_line(payload, whole).ok_or_else(|| invalid("payload has no request line".into()))?,
             };
             let pipelined = pipelined_requests(&meta, payload, parsed.content_length);
             Event::HttpRequest(HttpRequest {
@@ -250,6 +305,7 @@ fn decode_http(kind: EventKind, meta: EventMeta, ev: &HttpEvent) -> Result<Event
                 tracestate,
                 size,
                 headers_complete: parsed.complete,
+                request_line,
                 pipelined,
             })
         }
@@ -260,8 +316,46 @@ fn decode_http(kind: EventKind, meta: EventMeta, ev: &HttpEvent) -> Result<Event
             let pipelined = pipelined_responses(&meta, payload, parsed.content_length);
             Event::HttpResponse(HttpResponse { meta, status, content_length: parsed.content_length, size, pipelined })
         }
-        _ => Event::HttpContinuation(HttpContinuation { meta, host: parsed.host, traceparent, tracestate, size }),
+        _ => {
+            let own = payload.get(usize::from(ev.carried_len)..).unwrap_or_default();
+            let (rest, line_rest_end) = match own.iter().position(|&c| c == b'\n') {
+                Some(lf) => (&own[..lf], LineEnd::LineFeed),
+                None if whole => (own, LineEnd::Segment),
+                None => (own, LineEnd::Capture),
+            };
+            let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
+            Event::HttpContinuation(HttpContinuation {
+                meta,
+                host: parsed.host,
+                traceparent,
+                tracestate,
+                size,
+                line_rest: String::from_utf8_lossy(rest).into_owned(),
+                line_rest_end,
+            })
+        }
     })
+}
+
+/// A request line the segment cut before its line feed (the kernel saw the
+/// method and its space): the method and as much of the target as there is.
+/// `whole`: the capture holds the entire segment, so later segments carry
+/// the rest; otherwise the capture limit cut it and the target stays as is.
+fn parse_cut_request_line(payload: &[u8], whole: bool) -> Option<(String, String, RequestLine)> {
+    if payload.contains(&b'\n') {
+        return None; // a complete first line that is not a request line
+    }
+    let text = String::from_utf8_lossy(payload);
+    let text = text.strip_suffix('\r').unwrap_or(&text);
+    let (method, rest) = text.split_once(' ')?;
+    if method.is_empty() || !method.bytes().all(|c| c.is_ascii_uppercase() || c == b'-' || c == b'_') {
+        return None;
+    }
+    let (path, state) = match rest.split_once(' ') {
+        Some((path, _)) => (path, RequestLine::CutAfterTarget),
+        None => (rest, RequestLine::CutInTarget),
+    };
+    Some((method.to_owned(), path.to_owned(), if whole { state } else { RequestLine::Complete }))
 }
 
 /// Requests after the first one in a captured segment: each starts where the
@@ -294,6 +388,7 @@ fn pipelined_requests(meta: &EventMeta, payload: &[u8], first_body: Option<u64>)
             tracestate,
             size: 0,
             headers_complete: true,
+            request_line: RequestLine::Complete,
             pipelined: Vec::new(),
         });
         body = head.content_length.unwrap_or(0);

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::{Event, HttpContinuation, HttpRequest, HttpResponse, Traceparent};
+use crate::events::{Event, HttpContinuation, HttpRequest, HttpResponse, LineEnd, RequestLine, Traceparent};
 use crate::types::{CtTuple, Dir};
 
 /// Server: the request came in on ingress. Client: it went out on egress.
@@ -278,6 +278,7 @@ impl SpanBuilder {
             return;
         };
         p.last_segment_ns = c.meta.ts_ns;
+        complete_request_line(&mut p.req, c);
         if p.req.host.is_none() {
             p.req.host.clone_from(&c.host);
         }
@@ -324,6 +325,33 @@ impl SpanBuilder {
             propagated: decision.propagated,
             ifindex: req.meta.ifindex,
         })
+    }
+}
+
+/// Longest target assembled from split segments (a request line is at most
+/// a few KiB in practice; this bounds what a never-ending line costs).
+const MAX_SPLIT_PATH: usize = 8192;
+
+/// Continue a request line its first segment cut with the next segment's
+/// first line: more target up to the space before the version, and the
+/// line is complete at its line feed (or when the rest is unknown).
+fn complete_request_line(req: &mut HttpRequest, c: &HttpContinuation) {
+    if req.request_line == RequestLine::CutInTarget {
+        let (more, ended) = match c.line_rest.split_once(' ') {
+            Some((more, _)) => (more, true),
+            None => (c.line_rest.as_str(), false),
+        };
+        if req.path.len() + more.len() > MAX_SPLIT_PATH {
+            req.request_line = RequestLine::Complete;
+            return;
+        }
+        req.path.push_str(more);
+        if ended {
+            req.request_line = RequestLine::CutAfterTarget;
+        }
+    }
+    if req.request_line != RequestLine::Complete && c.line_rest_end != LineEnd::Segment {
+        req.request_line = RequestLine::Complete;
     }
 }
 

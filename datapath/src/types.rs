@@ -400,7 +400,13 @@ pub struct HttpEvent {
     pub traceparent_status: u8,
     pub tracestate_len: u8,
     pub traceparent: [u8; TRACEPARENT_LEN + 1],
-    pub _pad: [u8; 8],
+    /// Leading bytes of `payload` kept from earlier segments of the request
+    /// (the start of a split method, or the previous segment's unfinished line).
+    pub carried_len: u8,
+    /// 1: `payload[0]` starts a line (0: a continuation beginning inside a
+    /// line its previous segment cut).
+    pub line_start: u8,
+    pub _pad: [u8; 6],
     pub tracestate: [u8; TRACESTATE_MAX],
     pub payload: [u8; PAYLOAD_CAPTURE],
 }
@@ -557,7 +563,7 @@ mod tests {
             check_layout!(structs, "event_header", EventHeader, [ts_ns, kind, ifindex, tuple, dir, ct_status, tcp_flags, _pad]);
             check_layout!(structs, "http_event", HttpEvent, [
                 hdr, payload_len, captured_len, traceparent_status, tracestate_len,
-                traceparent, _pad, tracestate, payload
+                traceparent, carried_len, line_start, _pad, tracestate, payload
             ]);
             check_layout!(structs, "conn_event", ConnEvent, [hdr, entry]);
         }

@@ -3,7 +3,9 @@
 //! kernel side is tested by the classifier tests); ids are sequential so the
 //! snapshots are stable.
 
-use tclab_datapath::events::{Event, EventMeta, HttpContinuation, HttpRequest, HttpResponse, Traceparent};
+use tclab_datapath::events::{
+    Event, EventMeta, HttpContinuation, HttpRequest, HttpResponse, LineEnd, RequestLine, Traceparent,
+};
 use tclab_datapath::types::{CtEntry, CtTuple, Dir};
 use tclab_datapath::span::{SequentialIds, Span, SpanBuilder, SpanKind, WallClock};
 
@@ -33,6 +35,7 @@ fn req(ts: u64, dir: Dir, path: &str, tp: Traceparent) -> Event {
         tracestate: None,
         size: 80,
         headers_complete: true,
+        request_line: RequestLine::Complete,
         pipelined: Vec::new(),
     })
 }
@@ -132,6 +135,8 @@ fn split_request_takes_traceparent_from_continuation() {
         traceparent: Traceparent::Valid(VALID.into()),
         tracestate: Some("vendor=1".into()),
         size: 120,
+        line_rest: "Accept: */*".into(),
+        line_rest_end: LineEnd::LineFeed,
     });
     let (spans, _) = run(&[first, cont, resp(3_000, d, 200, 0)]);
     assert_eq!(spans.len(), 1);
@@ -141,6 +146,50 @@ fn split_request_takes_traceparent_from_continuation() {
     assert_eq!(s.tracestate.as_deref(), Some("vendor=1"));
     assert_eq!((s.request_start_ns, s.start_ns, s.end_ns), (1_000, 1_500, 3_000));
     insta::assert_snapshot!(lines(&spans));
+}
+
+fn cont(ts: u64, rest: &str, end: LineEnd) -> Event {
+    Event::HttpContinuation(HttpContinuation {
+        meta: meta(ts, tuple(CLIENT, SERVER), Dir::Ingress),
+        host: None,
+        traceparent: Traceparent::Missing,
+        tracestate: None,
+        size: rest.len() as u32,
+        line_rest: rest.into(),
+        line_rest_end: end,
+    })
+}
+
+/// A request line cut inside its target is completed by the continuations'
+/// first lines, up to the space before the version; a cut after the target
+/// keeps it; a line that ends (or whose rest was not captured) stops it.
+#[test]
+fn split_request_line_is_completed_from_continuations() {
+    let d = Dir::Ingress;
+    let cut = |path: &str, line: RequestLine| {
+        let mut e = req(1, d, path, Traceparent::Missing);
+        if let Event::HttpRequest(r) = &mut e {
+            r.request_line = line;
+            r.headers_complete = false;
+        }
+        e
+    };
+    let path = |events: &[Event]| {
+        let mut all = events.to_vec();
+        all.push(resp(9, d, 200, 0));
+        run(&all).0[0].path.clone()
+    };
+    use LineEnd::*;
+    use RequestLine::*;
+    assert_eq!(path(&[cut("/a/b", CutInTarget), cont(2, "cd HTTP/1.1", LineFeed)]), "/a/bcd");
+    assert_eq!(path(&[cut("/a", CutInTarget), cont(2, "b", Segment), cont(3, "c", Segment), cont(4, " HTTP/1.1", LineFeed)]), "/abc");
+    assert_eq!(path(&[cut("", CutInTarget), cont(2, "/x?y=1 HTTP/1.1", LineFeed)]), "/x?y=1");
+    assert_eq!(path(&[cut("/a", CutAfterTarget), cont(2, "TTP/1.1", LineFeed), cont(3, "Host: x", LineFeed)]), "/a");
+    // once the line has ended, later continuations are headers, not target
+    assert_eq!(path(&[cut("/a", CutInTarget), cont(2, "b HTTP/1.1", LineFeed), cont(3, "zzz", LineFeed)]), "/ab");
+    // the rest was beyond the capture: what was seen is the target
+    assert_eq!(path(&[cut("/a", CutInTarget), cont(2, "bbbb", Capture), cont(3, "cc HTTP/1.1", LineFeed)]), "/abbbb");
+    assert_eq!(path(&[cut("/a", Complete), cont(2, "b HTTP/1.1", LineFeed)]), "/a");
 }
 
 #[test]

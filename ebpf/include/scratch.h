@@ -47,18 +47,40 @@ struct pkt_info {
 	__u8 _pad[3];
 };
 
+/* What a request whose head is split across segments leaves for the next
+ * segment of its direction (map tclab_http_carry, see http.h). */
+#define TCLAB_HTTP_CARRY 16
+
+enum http_carry_state {
+	CARRY_LINE = 0,    /* bytes[0..len) start the current line (len 0: at a line start) */
+	CARRY_MIDLINE = 1, /* inside a line longer than the carry: no line starts the next segment */
+	CARRY_PREFIX = 2,  /* bytes[0..len) (1..7) may start a request ("GE"): none recognised yet */
+};
+
+struct http_carry {
+	__u8 bytes[TCLAB_HTTP_CARRY];
+	__u8 len;
+	__u8 state;   /* enum http_carry_state */
+	__u8 reply;   /* the request travels in the CT reply direction */
+	__u8 _pad[5];
+};
+
 /* Positions found by the HTTP line scan, in scan-buffer coordinates
- * (buf[0] is the virtual line start, payload starts at buf[1]). 0 = not
- * found: position 0 can never hold a header name. */
+ * (buf[0] is the virtual line start, payload starts at buf[1], after
+ * `carried` bytes of a previous segment). 0 = not found: position 0 can
+ * never hold a header name. */
 struct http_scan {
 	__u32 kind;              /* enum http_kind */
-	__u32 copied;            /* payload bytes in buf[1..] */
+	__u32 copied;            /* bytes in buf[1..]: carried + this segment's */
 	__u32 nlines;
 	__u32 hdr_end;
 	__u32 tp_pos;
 	__u32 ts_pos;
+	__u32 carried;           /* bytes of carry.bytes at buf[1..] */
+	__u32 line_start;        /* buf[1] starts a line (virtual LF at buf[0]) */
 	__u32 lines[2 * TCLAB_HTTP_MAX_LINES]; /* second half: sink, see http.h */
 	__u8 head[16];           /* first payload bytes, zero-padded */
+	struct http_carry carry; /* read from the map, then the one to store */
 };
 
 /* The HTTP scan buffer is http.payload[] followed by scan_rest[]: the

@@ -51,7 +51,7 @@ enum ct_entry_flag {
 	CT_F_RX_CLOSING = 1 << 0,  /* FIN/RST seen from the reply side */
 	CT_F_TX_CLOSING = 1 << 1,  /* FIN/RST seen from the originator */
 	CT_F_SEEN_NON_SYN = 1 << 2, /* a packet without SYN was seen */
-	CT_F_HTTP_PENDING = 1 << 3, /* request started, traceparent not yet found */
+	CT_F_HTTP_PENDING = 1 << 3, /* request head split across segments: see http.h */
 };
 
 /* CT value. "tx" is the originator direction, "rx" the reply direction,
@@ -123,15 +123,24 @@ struct event_header {
 
 /* EV_HTTP_REQUEST, EV_HTTP_RESPONSE and EV_HTTP_CONTINUATION. Method,
  * path, host and status are parsed by user space from `payload`; the
- * traceparent decision is the kernel's (validated per W3C level 1). */
+ * traceparent decision is the kernel's (validated per W3C level 1).
+ *
+ * payload[] starts with carried_len bytes kept from earlier segments of the
+ * same request (see http.h): for EV_HTTP_REQUEST the start of a method
+ * token split across segments ("GE" of "GE" | "T / HTTP/1.1"), so payload[]
+ * reads as the whole request; for EV_HTTP_CONTINUATION the unfinished last
+ * line of the previous segment (already reported there). */
 struct http_event {
 	struct event_header hdr;
 	__u32 payload_len;      /* TCP payload length of the segment */
-	__u16 captured_len;     /* bytes valid in payload[] */
+	__u16 captured_len;     /* bytes valid in payload[], carried ones included */
 	__u8 traceparent_status;/* enum traceparent_status */
 	__u8 tracestate_len;
 	__u8 traceparent[TCLAB_TRACEPARENT_LEN + 1]; /* NUL-padded, lower-case */
-	__u8 _pad[8];           /* 8, not 7: no tail padding (520 bytes) */
+	__u8 carried_len;       /* leading bytes of payload[] from earlier segments */
+	__u8 line_start;        /* payload[0] starts a line (0: a continuation that
+				 * begins inside a line its previous segment cut) */
+	__u8 _pad[6];           /* no tail padding (520 bytes) */
 	__u8 tracestate[TCLAB_TRACESTATE_MAX];
 	__u8 payload[TCLAB_PAYLOAD_CAPTURE];
 };

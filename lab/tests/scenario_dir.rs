@@ -35,12 +35,8 @@ fn scenario_dir_loads_with_zero_errors() {
 
 #[test]
 fn scenario_dir_references_every_fixture() {
-    // Known-gap scenarios (scenarios/known-gaps/) count: their fixtures are
-    // replayed by lab/tests/known_gaps.rs.
-    let gaps = scenario::load_dir(&root().join("scenarios/known-gaps")).unwrap_or_default();
     let used: BTreeSet<PathBuf> = load_all()
         .iter()
-        .chain(&gaps)
         .flat_map(|s| s.replays.iter().map(|r| r.pcap.canonicalize().unwrap()))
         .collect();
     let mut missing = Vec::new();
