@@ -33,15 +33,16 @@ fn chain_cli(output: &str) -> String {
 }
 
 /// One row the way the table prints it, split on whitespace.
-fn row(hook: &str, pos: usize, api: &str, name: &str, id: u32, prio: Option<u16>, handle: Option<u32>, note: &str) -> Vec<String> {
+/// `slot` is the netlink (priority, handle).
+fn row(hook: &str, pos: usize, api: &str, name: &str, id: u32, slot: Option<(u16, u32)>, note: &str) -> Vec<String> {
     let mut r = vec![
         hook.to_string(),
         pos.to_string(),
         api.to_string(),
         name.to_string(),
         id.to_string(),
-        prio.map_or("-".into(), |p| p.to_string()),
-        handle.map_or("-".into(), |h| format!("{h:#x}")),
+        slot.map_or("-".into(), |(p, _)| p.to_string()),
+        slot.map_or("-".into(), |(_, h)| format!("{h:#x}")),
     ];
     r.extend(note.split_whitespace().map(String::from));
     r
@@ -87,12 +88,12 @@ fn chain_command_prints_tcx_and_netlink_in_run_order() {
         assert_eq!(
             rows,
             vec![
-                row("ingress", 0, "tcx", "acme_tc_filter", acme_id, None, None, "runs before ours"),
-                row("ingress", 1, "tcx", "tclab_ingress", ours_in, None, None, "ours"),
-                row("ingress", 2, "tcx", "cil_from_netdev", cil_id, None, None, ""),
-                row("ingress", 3, "netlink", "tclab_verdict", early_id, Some(2), Some(7), ""),
-                row("ingress", 4, "netlink", "tclab_verdict", late_id, Some(5), Some(3), ""),
-                row("egress", 0, "tcx", "tclab_egress", ours_out, None, None, "ours"),
+                row("ingress", 0, "tcx", "acme_tc_filter", acme_id, None, "runs before ours"),
+                row("ingress", 1, "tcx", "tclab_ingress", ours_in, None, "ours"),
+                row("ingress", 2, "tcx", "cil_from_netdev", cil_id, None, ""),
+                row("ingress", 3, "netlink", "tclab_verdict", early_id, Some((2, 7)), ""),
+                row("ingress", 4, "netlink", "tclab_verdict", late_id, Some((5, 3)), ""),
+                row("egress", 0, "tcx", "tclab_egress", ours_out, None, "ours"),
             ],
             "table:\n{table}"
         );
