@@ -15,6 +15,7 @@ use objects::Object;
 const BYO_OBJECTS: &[Object] = &[
     Object { name: "port_filter.o", source: "port_filter.c", defines: &[] },
     Object { name: "loop_count.o", source: "loop_count.c", defines: &[] },
+    Object { name: "bad_access.o", source: "bad_access.c", defines: &[] },
 ];
 
 fn byo_dir() -> PathBuf {

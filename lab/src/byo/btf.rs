@@ -195,6 +195,12 @@ impl Btf {
     }
 
     fn encode_into(&self, id: TypeId, v: &toml::Value, buf: &mut [u8], bit_off: u32, bitfield: u32, path: &str) -> Result<(), String> {
+        if let Some(size) = self.big_endian(id).filter(|_| bitfield == 0 && bit_off % 8 == 0) {
+            // Network order: the scenario writes the number (port 80), the map holds it big-endian.
+            let n = int_value(v, false, size * 8).map_err(|e| format!("{}{e}, expected {}", at(path), self.type_name(id)))?;
+            let be = n.to_be_bytes();
+            return put(buf, (bit_off / 8) as usize, &be[8 - size as usize..]);
+        }
         let rid = self.resolve(id);
         let t = self.get(rid).ok_or_else(|| format!("{}unknown type id {rid}", at(path)))?;
         let byte_off = (bit_off / 8) as usize;
@@ -315,7 +321,24 @@ impl Btf {
         self.decode_at(id, bytes, 0, 0)
     }
 
+    /// Size of a network-order integer typedef (`__be16`, `__be32`, `__be64`) on the way to `id`.
+    fn big_endian(&self, mut id: TypeId) -> Option<u32> {
+        for _ in 0..32 {
+            let t = self.get(id)?;
+            let Kind::Alias(next) = t.kind else { return None };
+            if let Some(bits) = t.name.strip_prefix("__be").and_then(|b| b.parse::<u32>().ok()) {
+                return Some(bits / 8);
+            }
+            id = next;
+        }
+        None
+    }
+
     fn decode_at(&self, id: TypeId, bytes: &[u8], bit_off: u32, bitfield: u32) -> Value {
+        if let Some(size) = self.big_endian(id).filter(|_| bitfield == 0 && bit_off % 8 == 0) {
+            let s = slice(bytes, (bit_off / 8) as usize, size as usize);
+            return Value::Int(s.iter().fold(0i128, |n, b| (n << 8) | i128::from(*b)));
+        }
         let rid = self.resolve(id);
         let Some(t) = self.get(rid) else { return Value::Hex(bytes.to_vec()) };
         let byte_off = (bit_off / 8) as usize;
