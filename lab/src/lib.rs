@@ -12,5 +12,6 @@ pub mod fixtures;
 pub mod vm;
 pub mod guest;
 pub mod runner;
+pub mod adhoc;
 pub mod byo;
 pub mod matrix;

@@ -25,6 +25,36 @@ struct Cli {
 enum Command {
     /// Run scenario files on the host kernel (inside throwaway network namespaces).
     Run(RunArgs),
+    /// Replay one capture through the agent (or a small chain) and print the
+    /// spans and the CT table it produced.
+    ///
+    /// The device under test holds the --local addresses: packets sent from
+    /// them cross its TC egress, every other packet (non-IP included)
+    /// arrives on its TC ingress, in capture order, inside throwaway network
+    /// namespaces. IP addresses are kept as captured. Spans are printed the
+    /// way tclab-agent prints them (Beyla's text format; the ids the
+    /// datapath generates are sequential, so runs are reproducible), the CT
+    /// table the way `tclab-agent ct list` does (the shape of `cilium bpf ct
+    /// list global`). Example:
+    /// tclab replay fixtures/traceparent-valid.pcap --local 10.0.0.2
+    Replay {
+        /// The capture: pcap or pcapng; Ethernet, Linux cooked (SLL, SLL2) or raw IP.
+        pcap: PathBuf,
+        /// Address of the capture's host whose TC hooks to replay through
+        /// (one IPv4 and/or one IPv6 address: repeat the flag).
+        #[arg(long, required = true)]
+        local: Vec<std::net::IpAddr>,
+        /// Comma-separated PROGRAM[@ATTACH], in order. PROGRAM: agent, pass,
+        /// unspec, drop, counter. ATTACH: tcx (tail), tcx:head, tcx:tail or
+        /// netlink:PRIORITY[:HANDLE]; without it the agent attaches by its own
+        /// rules (TCX head, else netlink priority 1) and others at the TCX
+        /// tail. E.g. `agent,counter,drop@netlink:10`. Or a scenario file
+        /// (x.toml) whose [[chain]] and [agent] to use.
+        #[arg(long, default_value = tclab_lab::adhoc::DEFAULT_CHAIN)]
+        chain: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Accept or reject pending snapshots (`.snap.new`) left by failed runs.
     Review {
         /// Snapshot folder.
@@ -132,6 +162,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(args),
+        Command::Replay { pcap, local, chain, output } => replay(&pcap, &local, &chain, output),
         Command::Inspect { object, output, no_load } => {
             let report = tclab_lab::byo::inspect(&object, !no_load)?;
             match output {
@@ -225,6 +256,22 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let failed = outcomes.iter().any(ScenarioOutcome::failed);
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn replay(pcap: &Path, local: &[std::net::IpAddr], chain: &str, output: Output) -> anyhow::Result<ExitCode> {
+    use tclab_lab::adhoc;
+    let kernel = KernelContext::probe_running("host");
+    // Bad input is reported before the root check: it needs no privileges.
+    let plan = adhoc::plan(pcap, local, &adhoc::ChainChoice::parse(chain), adhoc::has_tcx(&kernel))?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!("tclab replay needs root (CAP_BPF, CAP_NET_ADMIN): sudo -E cargo run --bin tclab -- replay …");
+    }
+    let report = adhoc::run(&plan, kernel).with_context(|| format!("failed to replay {}", pcap.display()))?;
+    match output {
+        Output::Table => print!("{}", adhoc::render_text(&plan, &report)),
+        Output::Json => println!("{}", adhoc::render_json(&plan, &report)?),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn progress_line(o: &ScenarioOutcome, live: bool) {

@@ -31,8 +31,27 @@ const CAPTURE_DRAIN: Duration = Duration::from_millis(100);
 /// untagged (the replay line still shows the tag it was sent with).
 const INGRESS_ETHERTYPES: [u16; 3] = [0x0800, 0x86dd, 0x0806];
 
+/// Sees the agent's raw spans and CT records as a run collects them, for
+/// callers that print them the way tclab-agent does (`tclab replay`); the
+/// result itself keeps only the normalised snapshot lines.
+pub trait Observer: Send {
+    fn span(&mut self, _span: &tclab_datapath::span::Span) {}
+    fn ct(&mut self, _records: &[tclab_datapath::ct::CtRecord]) {}
+}
+
+impl Observer for () {}
+
 /// Run `scenario` on the running kernel.
 pub fn execute(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<ScenarioResult> {
+    execute_observed(scenario, opts, &mut ())
+}
+
+/// [`execute`], showing the raw spans and CT records to `observer`.
+pub fn execute_observed(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    observer: &mut dyn Observer,
+) -> anyhow::Result<ScenarioResult> {
     let topo = topology::build(&scenario.topology)
         .with_context(|| format!("{}: failed to build the topology", scenario.path.display()))?;
     let resolved = resolve_chain(scenario, opts.kernel.has(Capability::Tcx));
@@ -44,7 +63,7 @@ pub fn execute(scenario: &Scenario, opts: &RunOptions) -> anyhow::Result<Scenari
     })??;
     let device = topo.device.clone();
     topo.dut.try_run(|| {
-        inside_device_ns(scenario, opts, &resolved, &device, ingress_injector, egress_capture)
+        inside_device_ns(scenario, opts, &resolved, &device, ingress_injector, egress_capture, observer)
     })?
 }
 
@@ -55,6 +74,7 @@ fn inside_device_ns(
     device: &tclab_net::Link,
     ingress_injector: Injector,
     mut egress_capture: Capture,
+    observer: &mut dyn Observer,
 ) -> anyhow::Result<ScenarioResult> {
     let mut result = ScenarioResult::new(&scenario.name, &opts.kernel.name);
     // The agent's start-up rules run inside: a refusal is an outcome, not an error.
@@ -81,11 +101,11 @@ fn inside_device_ns(
         for step in &replay.after {
             run_step(step, &mut chain)?;
         }
-        collect_spans(&mut reader, &mut spans, &mut result);
+        collect_spans(&mut reader, &mut spans, &mut result, observer);
     }
     collect_output(&mut result, &mut ingress_capture, &mut egress_capture, opts, scenario)?;
-    collect_spans(&mut reader, &mut spans, &mut result);
-    collect_agent_state(&mut chain, &mut result)?;
+    collect_spans(&mut reader, &mut spans, &mut result, observer);
+    collect_agent_state(&mut chain, &mut result, observer)?;
     // Packets seen since the chain was complete (not the agents' dry runs).
     let counts = replay::ChainCounters::read(&chain)?;
     for (entry, n) in chain.entries.iter().zip(counts) {
@@ -116,22 +136,33 @@ fn run_step(step: &Step, chain: &mut LiveChain) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn collect_spans(reader: &mut Option<EventReader>, spans: &mut SpanBuilder, result: &mut ScenarioResult) {
+fn collect_spans(
+    reader: &mut Option<EventReader>,
+    spans: &mut SpanBuilder,
+    result: &mut ScenarioResult,
+    observer: &mut dyn Observer,
+) {
     let Some(reader) = reader else { return };
     for event in reader.drain() {
         // One response segment can complete several pipelined requests.
         for span in spans.push_all(&event) {
+            observer.span(&span);
             result.spans.push(span.snapshot_line());
         }
     }
 }
 
-fn collect_agent_state(chain: &mut LiveChain, result: &mut ScenarioResult) -> anyhow::Result<()> {
+fn collect_agent_state(
+    chain: &mut LiveChain,
+    result: &mut ScenarioResult,
+    observer: &mut dyn Observer,
+) -> anyhow::Result<()> {
     let Some(dp) = chain.agent_mut() else { return Ok(()) };
     use tclab_datapath::loader::MAP_CT;
     let map = dp.ebpf().map(MAP_CT).with_context(|| format!("the datapath has no map {MAP_CT}"))?;
     let mut records = tclab_datapath::ct::read_ct(map, MAP_CT).context("failed to read the CT table")?;
     tclab_datapath::ct::sort_records(&mut records);
+    observer.ct(&records);
     for r in &records {
         result.ct.push(r.normalised_line());
         result.ct_states.push((r.tuple_line(), r.state().name().to_string()));
