@@ -15,3 +15,4 @@ pub mod runner;
 pub mod adhoc;
 pub mod byo;
 pub mod matrix;
+pub mod testserver;

@@ -91,6 +91,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Test services for context propagation: HTTP servers that call each
+    /// other in a chain, each in its own network namespace.
+    Testserver(tclab_lab::testserver::TestserverArgs),
     /// What a compiled BPF object holds (programs, sections, maps, globals,
     /// BTF, CO-RE relocations) and whether each program loads on this kernel.
     Inspect {
@@ -184,6 +187,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{} fixture(s) written", written.len());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Testserver(args) => tclab_lab::testserver::main(args),
         Command::Doctor { output } => {
             let checks = doctor::checks();
             match output {

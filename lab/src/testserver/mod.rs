@@ -1,0 +1,139 @@
+//! `tclab testserver`: small HTTP/1.1 services that call each other in a
+//! chain (`/traceme` → `/tracemetoo` → `/users`), each in its own network
+//! namespace, for the context-propagation checks (issue #6).
+//!
+//! * [`service`]: one service (server + downstream client), `tclab
+//!   testserver serve`;
+//! * [`chain`]: the three-service topology with the services as child
+//!   processes, `tclab testserver chain`;
+//! * [`http`]: the HTTP/1.1 subset they speak;
+//! * [`cgroup`]: per-service cgroup v2 folders (what the agent attaches to).
+//!
+//! The services never propagate trace context themselves (unless a service
+//! is told to forward it, standing for an SDK-instrumented application):
+//! making one trace out of the chain is the agent's job.
+
+pub mod cgroup;
+pub mod chain;
+pub mod http;
+pub mod service;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use service::{Client, Route, ServiceSpec, Target};
+
+/// `tclab testserver …`
+#[derive(Debug, clap::Args)]
+pub struct TestserverArgs {
+    #[command(subcommand)]
+    pub command: TestserverCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TestserverCommand {
+    /// Serve HTTP/1.1 on one address; prints `ready ADDR` once listening.
+    Serve {
+        /// Name shown in the JSON documents.
+        #[arg(long)]
+        name: String,
+        /// Address to listen on (IP:PORT).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// PATH (answered here) or PATH=http://IP:PORT/PATH (answered after
+        /// calling that URL, on the serving thread). Repeatable.
+        #[arg(long = "route", required = true)]
+        routes: Vec<Route>,
+        /// Copy the incoming traceparent/tracestate to the downstream call
+        /// (an application that propagates by itself).
+        #[arg(long)]
+        forward_traceparent: bool,
+        /// One downstream connection per call instead of a kept-alive one.
+        #[arg(long)]
+        no_downstream_keepalive: bool,
+    },
+    /// GET a URL and print the JSON document it answers.
+    Get {
+        /// http://IP:PORT/PATH
+        url: Target,
+        /// Extra header, `Name: value`. Repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Number of requests (on one kept-alive connection).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Build the three-service chain in throwaway namespaces, send requests
+    /// through it from a client namespace and print what each hop received.
+    Chain {
+        /// Requests to send.
+        #[arg(long, default_value_t = 1)]
+        requests: u32,
+        /// Use IPv6 addresses.
+        #[arg(long)]
+        ipv6: bool,
+        /// Extra header on the client's requests, `Name: value`. Repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+}
+
+fn parse_header(h: &str) -> anyhow::Result<(String, String)> {
+    let (n, v) = h.split_once(':').with_context(|| format!("header {h:?}: expected `Name: value`"))?;
+    Ok((n.trim().to_owned(), v.trim().to_owned()))
+}
+
+/// Run a `tclab testserver` command.
+///
+/// # Errors
+/// Bad arguments, network or process errors.
+pub fn main(args: TestserverArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        TestserverCommand::Serve { name, listen, routes, forward_traceparent, no_downstream_keepalive } => {
+            let spec = ServiceSpec {
+                name,
+                listen,
+                routes,
+                forward_traceparent,
+                downstream_keepalive: !no_downstream_keepalive,
+            };
+            service::serve(&spec, |addr| {
+                let mut out = std::io::stdout();
+                let _ = writeln!(out, "ready {addr}");
+                let _ = out.flush();
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TestserverCommand::Get { url, headers, count } => {
+            let extra = headers.iter().map(|h| parse_header(h)).collect::<anyhow::Result<Vec<_>>>()?;
+            let mut client = Client::new(true);
+            let mut failed = false;
+            for _ in 0..count {
+                let (status, doc) = client.get(&url, &extra)?;
+                failed |= status != 200;
+                println!("{status} {doc}");
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        TestserverCommand::Chain { requests, ipv6, headers } => {
+            if !nix::unistd::geteuid().is_root() {
+                anyhow::bail!("tclab testserver chain needs root (network namespaces): sudo -E tclab testserver chain");
+            }
+            let extra = headers.iter().map(|h| parse_header(h)).collect::<anyhow::Result<Vec<_>>>()?;
+            let exe = std::env::current_exe().context("failed to find the tclab binary")?;
+            let mut opts = chain::ChainOptions::new(exe);
+            opts.ipv6 = ipv6;
+            let chain = chain::Chain::start(&opts)?;
+            let mut failed = false;
+            for _ in 0..requests {
+                let (status, doc) = chain.get(&extra)?;
+                failed |= status != 200;
+                println!("{status} {}", serde_json::to_string_pretty(&doc)?);
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+    }
+}

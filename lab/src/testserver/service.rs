@@ -1,0 +1,300 @@
+//! One test service: an HTTP/1.1 server whose routes may call a
+//! downstream service while serving, on the thread that serves the
+//! incoming request (what the agent's correlation keys on). It never
+//! copies the incoming `traceparent` to its outgoing request unless told to
+//! (`forward_traceparent`, an application that propagates by itself): the
+//! agent must.
+//!
+//! Every response is a JSON document naming the service, the path, the
+//! trace headers it received and, nested, its downstream's document, so the
+//! caller of the first service sees what every hop received.
+
+use std::io::{self, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::http::{self, Request};
+
+/// How long a downstream call may take before the route answers 502.
+const DOWNSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `http://IP:PORT/path` (IPv6 in brackets): where a route calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub path: String,
+}
+
+impl FromStr for Target {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Target> {
+        let rest = s.strip_prefix("http://").with_context(|| format!("{s:?}: only http:// URLs are supported"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let addr: SocketAddr = authority
+            .parse()
+            .with_context(|| format!("{s:?}: expected an IP literal and a port, like http://10.0.0.2:8080/path"))?;
+        Ok(Target { addr, path: path.to_owned() })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}{}", self.addr, self.path)
+    }
+}
+
+/// `PATH` or `PATH=URL`: a route answered locally, or after calling URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub path: String,
+    pub downstream: Option<Target>,
+}
+
+impl FromStr for Route {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Route> {
+        let (path, downstream) = match s.split_once('=') {
+            Some((p, url)) => (p, Some(url.parse::<Target>()?)),
+            None => (s, None),
+        };
+        if !path.starts_with('/') {
+            bail!("route {s:?}: the path must start with '/'");
+        }
+        Ok(Route { path: path.to_owned(), downstream })
+    }
+}
+
+/// What one service does.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Name, shown in its documents.
+    pub name: String,
+    pub listen: SocketAddr,
+    pub routes: Vec<Route>,
+    /// Copy the incoming traceparent/tracestate to the downstream request
+    /// (an application that propagates context itself).
+    pub forward_traceparent: bool,
+    /// Reuse one downstream connection per serving thread (keep-alive);
+    /// otherwise one connection per call.
+    pub downstream_keepalive: bool,
+}
+
+/// Bind, call `ready` with the bound address, then serve forever (one
+/// thread per connection).
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn serve(spec: &ServiceSpec, ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(spec.listen).with_context(|| format!("{}: failed to bind {}", spec.name, spec.listen))?;
+    let local = listener.local_addr().context("failed to read the bound address")?;
+    ready(local);
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let spec = spec.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = serve_connection(&spec, stream) {
+                        tracing::debug!(service = spec.name, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(service = spec.name, error = %e, "accept failed"),
+        }
+    }
+    Ok(())
+}
+
+/// Serve one connection: requests in order, each answered after its
+/// downstream call (made here, on this thread).
+fn serve_connection(spec: &ServiceSpec, stream: TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut downstream: Option<Downstream> = None;
+    while let Some(req) = http::read_request(&mut reader)? {
+        let (status, body) = handle(spec, &req, &mut downstream);
+        let keep = req.keep_alive();
+        http::write_response(&mut writer, status, body.to_string().as_bytes(), keep)?;
+        if !keep {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn handle(spec: &ServiceSpec, req: &Request, downstream: &mut Option<Downstream>) -> (u16, Value) {
+    let path = req.path.split('?').next().unwrap_or_default();
+    let mut doc = json!({
+        "service": spec.name,
+        "path": req.path,
+        "traceparent": req.header("traceparent"),
+        "tracestate": req.header("tracestate"),
+    });
+    let Some(route) = spec.routes.iter().find(|r| r.path == path) else {
+        doc["error"] = json!(format!("no route {path}"));
+        return (404, doc);
+    };
+    let Some(target) = &route.downstream else { return (200, doc) };
+    let mut extra = Vec::new();
+    if spec.forward_traceparent {
+        for name in ["traceparent", "tracestate"] {
+            if let Some(v) = req.header(name) {
+                extra.push((name.to_owned(), v.to_owned()));
+            }
+        }
+    }
+    match call_downstream(downstream, target, &extra, spec.downstream_keepalive) {
+        Ok((200, body)) => {
+            doc["downstream"] = body;
+            (200, doc)
+        }
+        Ok((status, body)) => {
+            doc["downstream"] = body;
+            doc["error"] = json!(format!("{target} answered {status}"));
+            (502, doc)
+        }
+        Err(e) => {
+            doc["error"] = json!(format!("calling {target}: {e:#}"));
+            (502, doc)
+        }
+    }
+}
+
+/// A kept-alive connection to one downstream address.
+struct Downstream {
+    addr: SocketAddr,
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Downstream {
+    fn connect(addr: SocketAddr) -> io::Result<Downstream> {
+        let stream = TcpStream::connect_timeout(&addr, DOWNSTREAM_TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(DOWNSTREAM_TIMEOUT))?;
+        let writer = stream.try_clone()?;
+        Ok(Downstream { addr, writer, reader: BufReader::new(stream) })
+    }
+
+    fn call(&mut self, target: &Target, extra: &[(String, String)], keepalive: bool) -> io::Result<http::Response> {
+        let mut extra = extra.to_vec();
+        if !keepalive {
+            extra.push(("Connection".to_owned(), "close".to_owned()));
+        }
+        let bytes = http::encode_request("GET", &target.path, &target.addr.to_string(), &extra, b"");
+        self.writer.write_all(&bytes)?;
+        http::read_response(&mut self.reader)
+    }
+}
+
+fn call_downstream(
+    slot: &mut Option<Downstream>,
+    target: &Target,
+    extra: &[(String, String)],
+    keepalive: bool,
+) -> anyhow::Result<(u16, Value)> {
+    let reused = slot.as_ref().is_some_and(|d| d.addr == target.addr);
+    if !reused {
+        *slot = Some(Downstream::connect(target.addr).context("connect")?);
+    }
+    let Some(conn) = slot.as_mut() else { bail!("no downstream connection") };
+    let resp = match conn.call(target, extra, keepalive) {
+        Ok(r) => r,
+        // A kept connection the peer closed meanwhile: once more on a new one.
+        Err(_) if reused => {
+            *slot = Some(Downstream::connect(target.addr).context("reconnect")?);
+            let Some(conn) = slot.as_mut() else { bail!("no downstream connection") };
+            conn.call(target, extra, keepalive).context("request")?
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("request")),
+    };
+    if !keepalive {
+        *slot = None;
+    }
+    let body = serde_json::from_slice(&resp.body).unwrap_or_else(|_| json!(String::from_utf8_lossy(&resp.body)));
+    Ok((resp.status, body))
+}
+
+/// One client call on a fresh or given connection: what `tclab testserver
+/// get` and the chain's load generator do.
+pub struct Client {
+    conn: Option<Downstream>,
+    keepalive: bool,
+}
+
+impl Client {
+    /// `keepalive`: reuse the connection between calls.
+    pub fn new(keepalive: bool) -> Client {
+        Client { conn: None, keepalive }
+    }
+
+    /// GET `target` with `extra` headers; the status and the JSON body.
+    ///
+    /// # Errors
+    /// Connection or protocol errors, naming the target.
+    pub fn get(&mut self, target: &Target, extra: &[(String, String)]) -> anyhow::Result<(u16, Value)> {
+        call_downstream(&mut self.conn, target, extra, self.keepalive).with_context(|| format!("GET {target}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_routes_and_targets() {
+        let r: Route = "/traceme=http://10.0.2.2:8081/tracemetoo".parse().unwrap();
+        assert_eq!(r.path, "/traceme");
+        assert_eq!(r.downstream.unwrap().to_string(), "http://10.0.2.2:8081/tracemetoo");
+        let r: Route = "/users".parse().unwrap();
+        assert!(r.downstream.is_none());
+        let t: Target = "http://[fd00::2]:80".parse().unwrap();
+        assert_eq!(t.path, "/");
+        assert!("users".parse::<Route>().unwrap_err().to_string().contains("must start with '/'"));
+        assert!("/a=https://x".parse::<Route>().unwrap_err().to_string().contains("only http://"));
+        assert!("/a=http://name:80/".parse::<Route>().unwrap_err().to_string().contains("IP literal"));
+    }
+
+    #[test]
+    fn a_chain_on_loopback_nests_documents_and_does_not_propagate() {
+        let start = |name: &str, routes: Vec<Route>, forward: bool| -> SocketAddr {
+            let spec = ServiceSpec {
+                name: name.to_owned(),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                routes,
+                forward_traceparent: forward,
+                downstream_keepalive: true,
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || serve(&spec, |a| tx.send(a).unwrap()));
+            rx.recv().unwrap()
+        };
+        let users = start("users", vec!["/users".parse().unwrap()], false);
+        let too = start("too", vec![format!("/tracemetoo=http://{users}/users").parse().unwrap()], false);
+        let front = start("front", vec![format!("/traceme=http://{too}/tracemetoo").parse().unwrap()], true);
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut client = Client::new(true);
+        for _ in 0..2 {
+            let target: Target = format!("http://{front}/traceme").parse().unwrap();
+            let (status, doc) = client.get(&target, &[("traceparent".into(), tp.into())]).unwrap();
+            assert_eq!(status, 200, "{doc}");
+            assert_eq!(doc["traceparent"], tp);
+            // front forwards (told to), too does not: users sees nothing
+            assert_eq!(doc["downstream"]["traceparent"], tp);
+            assert_eq!(doc["downstream"]["downstream"]["service"], "users");
+            assert!(doc["downstream"]["downstream"]["traceparent"].is_null());
+        }
+        let (status, doc) = client.get(&format!("http://{front}/nope").parse().unwrap(), &[]).unwrap();
+        assert_eq!(status, 404);
+        assert_eq!(doc["error"], "no route /nope");
+    }
+}
