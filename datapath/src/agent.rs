@@ -20,6 +20,7 @@ use crate::ct::{self, CtError, CtRecord};
 use crate::events::{Event, EventReader};
 use crate::loader::{self, Datapath, DatapathConfig, EventTransport, Hook, LoadError};
 use crate::metrics::Metrics;
+use crate::otlp::{OtlpConfig, OtlpError, OtlpExporter};
 use crate::probe::KernelFeatures;
 use crate::span::{RandomIds, Span, SpanBuilder, WallClock};
 use crate::types::Counter;
@@ -47,6 +48,8 @@ pub struct AgentConfig {
     /// Use these probe results instead of probing (the lab probes once per
     /// kernel; tests force a backend).
     pub features: Option<KernelFeatures>,
+    /// Export every span over OTLP/HTTP as well (see [`crate::otlp`]).
+    pub otlp: Option<OtlpConfig>,
 }
 
 impl Default for AgentConfig {
@@ -60,6 +63,7 @@ impl Default for AgentConfig {
             service_name: "tclab".to_owned(),
             dry_run_chain: false,
             features: None,
+            otlp: None,
         }
     }
 }
@@ -105,6 +109,9 @@ pub enum AgentError {
     /// The perf buffers could not be opened.
     #[error(transparent)]
     Events(#[from] crate::events::ReaderError),
+    /// The OTLP exporter could not start.
+    #[error(transparent)]
+    Otlp(#[from] OtlpError),
     /// A device does not exist in the caller's namespace.
     #[error("failed to start the agent: no device {iface:?} in this network namespace")]
     NoDevice {
@@ -130,6 +137,7 @@ pub struct Agent {
     datapath: Datapath,
     events: EventReader,
     spans: SpanBuilder,
+    otlp: Option<OtlpExporter>,
     features: KernelFeatures,
     api: Api,
     warnings: Vec<String>,
@@ -202,17 +210,24 @@ impl Agent {
             tracing::warn!("{w}");
         }
         let events = open_events(&mut datapath, dp_cfg.events)?;
+        let metrics = Arc::new(Metrics::default());
+        let clock = WallClock::now();
+        let otlp = match &config.otlp {
+            Some(cfg) => Some(OtlpExporter::start(cfg.clone(), &config.service_name, clock, metrics.clone())?),
+            None => None,
+        };
         let agent = Agent {
             attachments,
             _devices: devices,
             datapath,
             events,
             spans: SpanBuilder::new(Box::new(RandomIds)),
+            otlp,
             features,
             api,
             warnings,
-            metrics: Arc::new(Metrics::default()),
-            clock: WallClock::now(),
+            metrics,
+            clock,
             transport: dp_cfg.events,
             config,
             stopped: false,
@@ -297,8 +312,16 @@ impl Agent {
         let spans: Vec<Span> = events.iter().flat_map(|e| self.spans.push_all(e)).collect();
         for s in &spans {
             self.metrics.inc_span(s.kind);
+            if let Some(x) = &self.otlp {
+                x.export(s);
+            }
         }
         spans
+    }
+
+    /// The OTLP exporter, when one is configured.
+    pub fn otlp(&self) -> Option<&OtlpExporter> {
+        self.otlp.as_ref()
     }
 
     /// Ring-buffer records that failed to decode.

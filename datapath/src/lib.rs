@@ -12,6 +12,7 @@ pub mod events;
 pub mod frames;
 pub mod loader;
 pub mod metrics;
+pub mod otlp;
 pub mod probe;
 pub mod span;
 pub mod types;

@@ -39,6 +39,23 @@ pub struct Metrics {
     packets: AtomicU64,
     spans_server: AtomicU64,
     spans_client: AtomicU64,
+    otlp_exported: AtomicU64,
+    otlp_dropped_queue_full: AtomicU64,
+    otlp_dropped_export_failed: AtomicU64,
+    otlp_dropped_rejected: AtomicU64,
+}
+
+/// What the OTLP exporter did with the spans handed to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OtlpCounts {
+    /// Accepted by the collector.
+    pub exported: u64,
+    /// Dropped because the queue was full.
+    pub queue_full: u64,
+    /// Lost because the post failed after its retries.
+    pub export_failed: u64,
+    /// Rejected by the collector (partial success).
+    pub rejected: u64,
 }
 
 impl Metrics {
@@ -67,6 +84,33 @@ impl Metrics {
     /// Spans counted so far, by kind (server, client).
     pub fn spans(&self) -> (u64, u64) {
         (self.spans_server.load(Ordering::Relaxed), self.spans_client.load(Ordering::Relaxed))
+    }
+
+    /// Spans the collector accepted.
+    pub fn add_otlp_exported(&self, n: u64) {
+        self.otlp_exported.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Spans lost on the way to the collector, by reason.
+    pub fn add_otlp_dropped(&self, reason: crate::otlp::OtlpDrop, n: u64) {
+        use crate::otlp::OtlpDrop;
+        let c = match reason {
+            OtlpDrop::QueueFull => &self.otlp_dropped_queue_full,
+            OtlpDrop::ExportFailed => &self.otlp_dropped_export_failed,
+            OtlpDrop::Rejected => &self.otlp_dropped_rejected,
+        };
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The OTLP exporter's counts so far.
+    pub fn otlp(&self) -> OtlpCounts {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        OtlpCounts {
+            exported: get(&self.otlp_exported),
+            queue_full: get(&self.otlp_dropped_queue_full),
+            export_failed: get(&self.otlp_dropped_export_failed),
+            rejected: get(&self.otlp_dropped_rejected),
+        }
     }
 
     /// The exposition page (text format 0.0.4).
@@ -110,6 +154,23 @@ impl Metrics {
             ],
         );
         metric("tclab_packets_total", "counter", "Packets seen by the classifiers.", &[("", get(&self.packets).to_string())]);
+        let otlp = self.otlp();
+        metric(
+            "tclab_otlp_spans_exported_total",
+            "counter",
+            "Spans the OTLP collector accepted.",
+            &[("", otlp.exported.to_string())],
+        );
+        metric(
+            "tclab_otlp_spans_dropped_total",
+            "counter",
+            "Spans lost on the way to the OTLP collector, by reason.",
+            &[
+                ("{reason=\"queue_full\"}", otlp.queue_full.to_string()),
+                ("{reason=\"export_failed\"}", otlp.export_failed.to_string()),
+                ("{reason=\"rejected\"}", otlp.rejected.to_string()),
+            ],
+        );
         s
     }
 }
@@ -218,5 +279,11 @@ mod tests {
         assert!(page.contains("tclab_events_lost_total 2\n"));
         assert!(page.contains("tclab_spans_total{kind=\"server\"} 1\n"));
         assert!(page.contains("tclab_packets_total 10\n"));
+        m.add_otlp_exported(5);
+        m.add_otlp_dropped(crate::otlp::OtlpDrop::QueueFull, 2);
+        let page = m.render();
+        assert!(page.contains("tclab_otlp_spans_exported_total 5\n"), "{page}");
+        assert!(page.contains("tclab_otlp_spans_dropped_total{reason=\"queue_full\"} 2\n"), "{page}");
+        assert!(page.contains("tclab_otlp_spans_dropped_total{reason=\"export_failed\"} 0\n"), "{page}");
     }
 }

@@ -1,7 +1,10 @@
 //! The agent attached for real: two namespaces joined by a veth pair, the
 //! agent (library) on the server's end with TCX and then netlink, a real
-//! HTTP/1.1 exchange with a traceparent, the span and the CT entry asserted,
-//! and nothing of ours left on the device afterwards.
+//! HTTP/1.1 exchange with a traceparent, the span, its OTLP export (to an
+//! in-test collector) and the CT entry asserted, and nothing of ours left on
+//! the device afterwards.
+
+mod otlp_collector;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -14,6 +17,7 @@ use tclab_datapath::attach::{Api, Backend};
 use tclab_datapath::ct::{CtRecord, CtState};
 use tclab_datapath::events::Traceparent;
 use tclab_datapath::loader::{DatapathConfig, EventTransport};
+use tclab_datapath::otlp::OtlpConfig;
 use tclab_datapath::span::{Span, SpanKind};
 use tclab_net::NetNs;
 use tclab_net::tc::{self, Direction};
@@ -133,6 +137,45 @@ fn check_span(span: &Span, client: SocketAddr, agent: &Agent) {
     assert!(line.contains(&expect), "{line}\nexpected to contain {expect}");
 }
 
+/// The span as the collector received it: the same ids, the W3C parent,
+/// kind, name, times and HTTP attributes.
+fn check_otlp(collector: &otlp_collector::Collector, span: &Span, client: SocketAddr, agent: &Agent) {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind as Kind;
+    use otlp_collector::{int_attr, str_attr};
+    let got = collector.next(Duration::from_secs(10)).expect("an OTLP export within 10 s");
+    assert_eq!(got.path, "/v1/traces");
+    assert_eq!(got.header("content-type"), Some("application/x-protobuf"));
+    assert_eq!(got.service_name().as_deref(), Some("tclab"));
+    let spans = got.spans();
+    assert_eq!(spans.len(), 1, "{:?}", got.request);
+    let o = spans[0];
+    assert_eq!(hex::encode(&o.trace_id), TRACE, "trace id from the traceparent");
+    assert_eq!(hex::encode(&o.parent_span_id), PARENT, "parent = the incoming span id");
+    assert_eq!(hex::encode(&o.span_id), span.span_id, "the agent's own span id");
+    assert_eq!(o.flags & 0xff, 0x01, "sampled, as the traceparent said");
+    assert_eq!(o.kind, Kind::Server as i32);
+    assert_eq!(o.name, "GET /traceme");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    assert!(o.start_time_unix_nano <= o.end_time_unix_nano, "{o:?}");
+    assert!(now - o.start_time_unix_nano < 60_000_000_000, "start is Unix time of the last minute: {}", o.start_time_unix_nano);
+    assert_eq!(o.end_time_unix_nano - o.start_time_unix_nano, span.end_ns - span.request_start_ns);
+    assert_eq!(str_attr(o, "http.request.method").as_deref(), Some("GET"));
+    assert_eq!(str_attr(o, "url.path").as_deref(), Some("/traceme"));
+    assert_eq!(int_attr(o, "http.response.status_code"), Some(200));
+    assert_eq!(str_attr(o, "server.address").as_deref(), Some(SERVER_IP));
+    assert_eq!(int_attr(o, "server.port"), Some(i64::from(PORT)));
+    assert_eq!(str_attr(o, "client.address"), Some(client.ip().to_string()));
+    assert_eq!(int_attr(o, "client.port"), Some(i64::from(client.port())));
+    assert_eq!(int_attr(o, "http.response.body.size"), Some(2));
+    // counted once the collector's answer is in
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent.metrics().otlp().exported < 1 {
+        assert!(Instant::now() < deadline, "export never counted: {:?}", agent.metrics().otlp());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(agent.metrics().otlp().queue_full + agent.metrics().otlp().export_failed, 0);
+}
+
 fn check_ct_established(r: &CtRecord) {
     assert_eq!(r.state(), CtState::Established, "{}", r.normalised_line());
     // Originator (client) sent SYN, ACK, request at least; the server SYN-ACK and response.
@@ -170,8 +213,13 @@ fn exchange(backend: Backend, expect_api: Api, events: EventTransport) {
     let topo = topology(&format!("att-{expect_api}-{events:?}"));
     let client_ns = &topo.client;
     topo.server.run(|| {
+        let collector = otlp_collector::Collector::start();
+        let otlp = OtlpConfig {
+            batch_delay: Duration::from_millis(50),
+            ..OtlpConfig::new(format!("{}/v1/traces", collector.base_url()))
+        };
         let datapath = DatapathConfig { events, ..DatapathConfig::default() };
-        let cfg = AgentConfig { ifaces: vec!["vsrv".into()], backend, datapath, ..AgentConfig::default() };
+        let cfg = AgentConfig { ifaces: vec!["vsrv".into()], backend, datapath, otlp: Some(otlp), ..AgentConfig::default() };
         let mut agent = Agent::start(cfg).expect("agent start");
         assert_eq!(agent.api(), expect_api);
         assert_eq!(agent.event_transport(), events);
@@ -187,6 +235,7 @@ fn exchange(backend: Backend, expect_api: Api, events: EventTransport) {
             let client = ans_rx.recv_timeout(Duration::from_secs(10)).expect("client got its answer");
             let span = wait_span(&mut agent);
             check_span(&span, client, &agent);
+            check_otlp(&collector, &span, client, &agent);
             check_ct_established(&find_ct(&agent, client));
             drop(close_tx);
             // FIN both ways: the entry is closing.

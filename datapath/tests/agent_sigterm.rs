@@ -1,7 +1,11 @@
 //! `tclab-agent run` as a process: started inside a throwaway namespace (the
 //! child inherits the namespace of the thread that spawns it), stopped with
 //! SIGTERM or SIGINT: it must exit 0 and leave no netlink filter or clsact
-//! behind. Also `ct list` and `chain` against the running process.
+//! behind. Also `ct list` and `chain` against the running process, and its
+//! OTLP export (configured by flag or by the standard environment variables)
+//! to an in-test collector.
+
+mod otlp_collector;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -110,19 +114,57 @@ fn ct_list_shows(pid: u32, client: SocketAddr) {
     assert!(line.ends_with("[ RxClosing TxClosing SeenNonSyn ]"), "{line}");
 }
 
-fn stop_with(sig: Signal, tag: &str) {
+/// How the child is told where to export.
+#[derive(Clone, Copy)]
+enum OtlpVia {
+    /// `--otlp-endpoint BASE`.
+    Flag,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=BASE/v1/traces` and `OTEL_SERVICE_NAME`.
+    Env,
+}
+
+/// The collector got the span the child printed: same trace and span ids,
+/// a client span of the exchange.
+fn check_export(collector: &otlp_collector::Collector, line: &str, client: SocketAddr, via: OtlpVia) {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind as Kind;
+    let tp = line.split("traceparent=[00-").nth(1).expect("traceparent in the span line");
+    let (trace, rest) = tp.split_once('-').unwrap();
+    let span_id = &rest[..16];
+    let got = collector.next(Duration::from_secs(10)).expect("an OTLP export from tclab-agent");
+    assert_eq!(got.path, "/v1/traces");
+    let want_service = match via {
+        OtlpVia::Flag => "tclab",
+        OtlpVia::Env => "from-env",
+    };
+    assert_eq!(got.service_name().as_deref(), Some(want_service));
+    let spans = got.spans();
+    assert_eq!(spans.len(), 1);
+    let o = spans[0];
+    assert_eq!((hex::encode(&o.trace_id), hex::encode(&o.span_id)), (trace.to_owned(), span_id.to_owned()), "{line}");
+    assert!(o.parent_span_id.is_empty(), "a new trace has no parent");
+    assert_eq!((o.kind, o.name.as_str()), (Kind::Client as i32, "GET /cli"));
+    assert_eq!(otlp_collector::int_attr(o, "client.port"), Some(i64::from(client.port())));
+    assert_eq!(otlp_collector::str_attr(o, "url.full").as_deref(), Some("http://peer:8080/cli"));
+}
+
+fn stop_with(sig: Signal, tag: &str, via: OtlpVia) {
     let ns = NetNs::new(&format!("sig-{tag}")).unwrap();
     let peer = NetNs::new(&format!("sig-{tag}-p")).unwrap();
     tclab_net::create_veth_pair(&ns, "sdut", &peer, "speer", None).unwrap();
     ns.run(|| {
         let idx = ifindex("sdut");
-        let child = Command::new(env!("CARGO_BIN_EXE_tclab-agent"))
-            .args(["run", "--iface", "sdut", "--backend", "netlink", "--metrics-addr", "127.0.0.1:0"])
+        let collector = otlp_collector::Collector::start();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tclab-agent"));
+        cmd.args(["run", "--iface", "sdut", "--backend", "netlink", "--metrics-addr", "127.0.0.1:0"])
             .args(["--ct-max-entries", "1024"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tclab-agent");
+            .env("OTEL_BSP_SCHEDULE_DELAY", "50");
+        match via {
+            OtlpVia::Flag => cmd.args(["--otlp-endpoint", &collector.base_url()]),
+            OtlpVia::Env => cmd
+                .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", format!("{}/v1/traces", collector.base_url()))
+                .env("OTEL_SERVICE_NAME", "from-env"),
+        };
+        let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn tclab-agent");
         let mut guard = ChildGuard(child);
         let child = &mut guard.0;
         let stdout = child.stdout.take().unwrap();
@@ -156,6 +198,7 @@ fn stop_with(sig: Signal, tag: &str) {
         let line = stdout_lines.recv_timeout(Duration::from_secs(10)).expect("a span line on stdout");
         let expect = format!(") HTTPClient 200 GET /cli [{client}]->[10.79.0.2:8080] size:0B svc=[tclab tc] traceparent=[00-");
         assert!(line.contains(&expect), "{line}\nexpected: {expect}");
+        check_export(&collector, &line, client, via);
         ct_list_shows(child.id(), client);
         kill(Pid::from_raw(child.id() as i32), sig).unwrap();
         let status = wait_exit(child, Duration::from_secs(10));
@@ -174,7 +217,7 @@ fn sigterm_detaches_and_exits_zero() {
     if !tclab_net::require::root("sigterm_detaches_and_exits_zero") {
         return;
     }
-    stop_with(Signal::SIGTERM, "term");
+    stop_with(Signal::SIGTERM, "term", OtlpVia::Flag);
 }
 
 #[test]
@@ -182,7 +225,7 @@ fn sigint_detaches_and_exits_zero() {
     if !tclab_net::require::root("sigint_detaches_and_exits_zero") {
         return;
     }
-    stop_with(Signal::SIGINT, "int");
+    stop_with(Signal::SIGINT, "int", OtlpVia::Env);
 }
 
 #[test]
@@ -195,4 +238,16 @@ fn startup_error_exits_one() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("failed to start the agent on no-such-dev0"), "{err}");
+}
+
+#[test]
+fn a_bad_otlp_endpoint_is_a_startup_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tclab-agent"))
+        .args(["run", "--iface", "lo", "--metrics-addr", "127.0.0.1:0"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector.invalid:4318")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && err.contains("https"), "{err}");
 }

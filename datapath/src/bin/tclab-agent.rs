@@ -18,6 +18,7 @@ use tclab_datapath::chain;
 use tclab_datapath::ct;
 use tclab_datapath::loader::{self, CtMapKind, DatapathConfig};
 use tclab_datapath::metrics::{DEFAULT_METRICS_ADDR, MetricsServer};
+use tclab_datapath::otlp::OtlpConfig;
 use tclab_datapath::probe::KernelFeatures;
 
 /// How often the run loop wakes up to check for signals and refresh metrics.
@@ -96,6 +97,13 @@ struct RunArgs {
     /// and report its verdict (the program really runs: its maps see it).
     #[arg(long)]
     dry_run_chain: bool,
+    /// Also export spans over OTLP/HTTP (protobuf) to this collector base URL
+    /// (`v1/traces` is appended), e.g. http://localhost:4318. Without it,
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (as is) or OTEL_EXPORTER_OTLP_ENDPOINT
+    /// are used when set; OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT,
+    /// OTEL_SERVICE_NAME and OTEL_BSP_* are honoured.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -198,6 +206,8 @@ fn install_signal_flag() -> Result<Arc<AtomicBool>> {
 
 fn run(args: RunArgs) -> Result<()> {
     let stop = install_signal_flag()?;
+    let otlp = OtlpConfig::resolve(args.otlp_endpoint.as_deref(), |name| std::env::var(name).ok())
+        .context("failed to read the OTLP export settings")?;
     let config = AgentConfig {
         ifaces: args.ifaces.clone(),
         backend: match args.backend {
@@ -216,6 +226,7 @@ fn run(args: RunArgs) -> Result<()> {
         },
         service_name: args.service_name.clone(),
         dry_run_chain: args.dry_run_chain,
+        otlp,
         ..AgentConfig::default()
     };
     let mut agent = Agent::start(config).with_context(|| format!("failed to start the agent on {}", args.ifaces.join(", ")))?;
