@@ -5,6 +5,7 @@
 //! Refresh: `TCLAB_UPDATE_PREBUILT=1 cargo test -p tclab-lab --test byo_objects`.
 
 #[path = "../../ebpf/objects.rs"]
+#[allow(dead_code, reason = "shared with datapath/build.rs: this test uses the compile half")]
 mod objects;
 
 use std::path::{Path, PathBuf};

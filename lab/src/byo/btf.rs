@@ -195,7 +195,7 @@ impl Btf {
     }
 
     fn encode_into(&self, id: TypeId, v: &toml::Value, buf: &mut [u8], bit_off: u32, bitfield: u32, path: &str) -> Result<(), String> {
-        if let Some(size) = self.big_endian(id).filter(|_| bitfield == 0 && bit_off % 8 == 0) {
+        if let Some(size) = self.big_endian(id).filter(|_| bitfield == 0 && bit_off.is_multiple_of(8)) {
             // Network order: the scenario writes the number (port 80), the map holds it big-endian.
             let n = int_value(v, false, size * 8).map_err(|e| format!("{}{e}, expected {}", at(path), self.type_name(id)))?;
             let be = n.to_be_bytes();
@@ -335,7 +335,7 @@ impl Btf {
     }
 
     fn decode_at(&self, id: TypeId, bytes: &[u8], bit_off: u32, bitfield: u32) -> Value {
-        if let Some(size) = self.big_endian(id).filter(|_| bitfield == 0 && bit_off % 8 == 0) {
+        if let Some(size) = self.big_endian(id).filter(|_| bitfield == 0 && bit_off.is_multiple_of(8)) {
             let s = slice(bytes, (bit_off / 8) as usize, size as usize);
             return Value::Int(s.iter().fold(0i128, |n, b| (n << 8) | i128::from(*b)));
         }
@@ -452,7 +452,7 @@ fn mask(width: u32) -> u64 {
 }
 
 fn write_bits(buf: &mut [u8], bit_off: u32, width: u32, n: u64) -> Result<(), String> {
-    if bit_off % 8 == 0 && width % 8 == 0 {
+    if bit_off.is_multiple_of(8) && width.is_multiple_of(8) {
         let bytes = n.to_le_bytes();
         return put(buf, (bit_off / 8) as usize, &bytes[..(width / 8) as usize]);
     }

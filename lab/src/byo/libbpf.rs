@@ -291,7 +291,7 @@ mod tests {
         ];
         let d = Diagnosis::from_messages(&msgs);
         assert_eq!(d.program.as_deref(), Some("byo_loop"));
-        assert_eq!(d.libbpf.len(), 3, "{d:?}");
+        assert_eq!(d.libbpf.len(), 2, "{d:?}");
         assert!(d.libbpf[0].starts_with("prog 'byo_loop': BPF program load failed"));
         assert_eq!(d.verifier, vec!["0: (b7) r1 = 0", "1: (85) call unknown#181", "invalid func unknown#181", "processed 2 insns"]);
         assert!(d.summary().contains("verifier: 0: (b7) r1 = 0 | 1: (85)"), "{}", d.summary());

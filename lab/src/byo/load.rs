@@ -25,7 +25,7 @@ pub enum ByoError {
     /// The kernel (verifier) or libbpf refused the object: a finding about
     /// this kernel, with libbpf's words and the end of the verifier log.
     #[error("chain entry `{entry}`: the kernel rejected {what} of `{object}`: {error}{}", detail(.diagnosis))]
-    Rejected { entry: String, object: String, what: String, error: String, diagnosis: Diagnosis },
+    Rejected { entry: String, object: String, what: String, error: String, diagnosis: Box<Diagnosis> },
     #[error("chain entry `{entry}`: {what}: {error}")]
     Setup { entry: String, what: String, error: String },
 }
@@ -164,7 +164,7 @@ impl LoadedObject {
                 Some(p) => format!("program `{p}`"),
                 None => "the object".to_string(),
             };
-            ByoError::Rejected { entry: entry.to_string(), object: spec.written.clone(), what, error: e.to_string(), diagnosis }
+            ByoError::Rejected { entry: entry.to_string(), object: spec.written.clone(), what, error: e.to_string(), diagnosis: Box::new(diagnosis) }
         })?;
         let btf = object_btf(&object);
         for m in object.maps() {

@@ -415,6 +415,7 @@ impl Cx<'_> {
         Ok(Constant { name: k.get_ref().clone(), section: var.section, offset: var.offset, bytes })
     }
 
+    #[allow(clippy::too_many_arguments, reason = "one key or value: its typed and hex forms, BTF type and size")]
     fn bytes(
         &self,
         m: &MapFacts,
