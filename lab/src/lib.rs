@@ -12,6 +12,7 @@ pub mod fixtures;
 pub mod vm;
 pub mod guest;
 pub mod runner;
+pub mod bench;
 pub mod adhoc;
 pub mod byo;
 pub mod matrix;

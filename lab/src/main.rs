@@ -91,6 +91,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Benchmarks (issue #8): per-packet cost, CT pressure, verifier budget,
+    /// replay throughput, agent footprint, lab speed; ratios to same-run baselines.
+    Bench(tclab_lab::bench::BenchArgs),
     /// Test services for context propagation: HTTP servers that call each
     /// other in a chain, each in its own network namespace.
     Testserver(tclab_lab::testserver::TestserverArgs),
@@ -188,6 +191,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Testserver(args) => tclab_lab::testserver::main(args),
+        Command::Bench(args) => tclab_lab::bench::main(args),
         Command::Doctor { output } => {
             let checks = doctor::checks();
             match output {

@@ -1,8 +1,11 @@
 //! Nothing left behind: after a full `tclab run`, a failed run, runs
-//! interrupted by SIGINT or SIGTERM at fixed points, a double Ctrl-C, two
-//! runs at once and a `tclab replay`, no network namespace, veth, qdisc,
-//! netlink filter, TCX link, BPF program or map, pin or child process of
-//! ours remains.
+//! interrupted by SIGINT or SIGTERM at fixed points, a double Ctrl-C, runs
+//! killed with SIGKILL, two runs at once, a `tclab replay`, and kernel-matrix
+//! runs stopped or killed while QEMU runs, no network namespace, veth, qdisc,
+//! netlink filter, TCX link, BPF program or map, pin, child process (QEMU
+//! included) or temporary file of ours remains. One known exception, not
+//! asserted: a kernel-matrix run killed with SIGKILL leaves its initramfs
+//! folders (`tclab-vm-*`, `tclab-initrd-*`) in TMPDIR; the test prints them.
 //!
 //! Attribution, so that other tests and tools running on the machine at the
 //! same time cannot fail these tests:
@@ -195,8 +198,9 @@ fn pins() -> BTreeSet<PathBuf> {
     out
 }
 
-/// Processes whose parent is this test process (with the subreaper bit, the
-/// orphans of our children land here too).
+/// Live processes whose parent is this test process (with the subreaper
+/// bit, the orphans of our children land here too). Orphans that already
+/// died are reaped here: a zombie holds nothing.
 fn our_children() -> Vec<(u32, String)> {
     let me = std::process::id();
     let mut out = Vec::new();
@@ -204,7 +208,13 @@ fn our_children() -> Vec<(u32, String)> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
         let Some((head, tail)) = stat.rsplit_once(") ") else { continue };
-        let ppid: Option<u32> = tail.split(' ').nth(1).and_then(|p| p.parse().ok());
+        let mut fields = tail.split(' ');
+        let state = fields.next();
+        let ppid: Option<u32> = fields.next().and_then(|p| p.parse().ok());
+        if ppid == Some(me) && state == Some("Z") {
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            continue;
+        }
         if ppid == Some(me) {
             let comm = head.split_once(" (").map_or("?", |c| c.1).to_string();
             out.push((pid, comm));
@@ -225,6 +235,8 @@ struct Seen {
     samples: u64,
     /// Samples in which every sampled child held a topology namespace.
     all_busy: u64,
+    /// Names (`comm`) of the processes the children started.
+    children: BTreeSet<String>,
 }
 
 impl Seen {
@@ -234,6 +246,12 @@ impl Seen {
         let base = PathBuf::from(format!("/proc/{pid}"));
         let tasks = std::fs::read_dir(base.join("task")).into_iter().flatten().filter_map(Result::ok);
         for t in tasks {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for kid in kids.split_whitespace() {
+                if let Ok(comm) = std::fs::read_to_string(format!("/proc/{kid}/comm")) {
+                    self.children.insert(comm.trim().to_string());
+                }
+            }
             let ns = netns_inode_of(&t.path().join("ns/net")).filter(|i| !exclude_ns.contains(i));
             busy |= ns.is_some();
             self.netns.extend(ns);
@@ -390,8 +408,11 @@ impl Sandbox {
     }
 
     /// Start `tclab args…` with the sandbox as its host namespace.
+    /// Its temporary files go to `<out_dir>/<tag>.tmp`, checked by [`tmp_left`].
     fn spawn(&self, args: &[&str], out_dir: &Path, tag: &str) -> Child {
         let fd = self.ns.fd().as_raw_fd();
+        let tmp = out_dir.join(format!("{tag}.tmp"));
+        std::fs::create_dir_all(&tmp).expect("child TMPDIR");
         let stdout = File::create(out_dir.join(format!("{tag}.stdout"))).expect("stdout file");
         let stderr = File::create(out_dir.join(format!("{tag}.stderr"))).expect("stderr file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tclab"));
@@ -400,6 +421,7 @@ impl Sandbox {
             // Never leave pending snapshots in the repository.
             .env("CI", "true")
             .env("INSTA_UPDATE", "no")
+            .env("TMPDIR", &tmp)
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr));
@@ -509,6 +531,8 @@ struct Finished {
     stdout: String,
     stderr: String,
     elapsed: Duration,
+    /// What the child left in its TMPDIR.
+    tmp_left: Vec<PathBuf>,
 }
 
 fn wait(mut child: Child, out_dir: &Path, tag: &str, started: Instant) -> Finished {
@@ -525,7 +549,10 @@ fn wait(mut child: Child, out_dir: &Path, tag: &str, started: Instant) -> Finish
         std::thread::sleep(Duration::from_millis(20));
     };
     let read = |ext: &str| std::fs::read_to_string(out_dir.join(format!("{tag}.{ext}"))).unwrap_or_default();
-    Finished { status, stdout: read("stdout"), stderr: read("stderr"), elapsed: started.elapsed() }
+    let tmp_left = std::fs::read_dir(out_dir.join(format!("{tag}.tmp")))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    Finished { status, stdout: read("stdout"), stderr: read("stderr"), elapsed: started.elapsed(), tmp_left }
 }
 
 /// What to do to a running child.
@@ -537,6 +564,13 @@ enum Action {
     Signal(Signal, Duration),
     /// The same signal twice, 50 ms apart (Ctrl-C pressed twice).
     Twice(Signal, Duration),
+}
+
+impl Action {
+    /// After this, the child can run no cleanup of its own.
+    fn is_kill(self) -> bool {
+        matches!(self, Action::Signal(Signal::SIGKILL, _))
+    }
 }
 
 /// Run `tclab args` in the sandbox, act on it, and check that it left nothing.
@@ -560,6 +594,9 @@ fn run_and_check(sandbox: &Sandbox, args: &[&str], action: Action) -> (Finished,
     let finished = wait(child, dir.path(), "tclab", started);
     let seen = sampler.finish();
     let left = sandbox.leftovers(&before, &seen);
+    if !action.is_kill() {
+        assert!(finished.tmp_left.is_empty(), "tclab {args:?} ({action:?}) left temporary files: {:?}", finished.tmp_left);
+    }
     assert!(
         left.is_empty(),
         "tclab {args:?} ({action:?}, exit {:?}) left behind:\n  {}\nstdout:\n{}\nstderr:\n{}",
@@ -731,8 +768,7 @@ fn runs_interrupted_by_sigint_or_sigterm_leave_nothing() {
             if !by_signal {
                 let (passed, failed, skipped) = summary_counts(&done.stdout)
                     .unwrap_or_else(|| panic!("{action:?}: no summary ({:?}):\n{}\n{}", done.status, done.stdout, done.stderr));
-                assert_eq!(failed, 0, "{action:?}: {}", done.stdout);
-                assert!(passed + skipped < scenario_count(), "{action:?}: the run did not stop early:\n{}", done.stdout);
+                assert!(passed + failed + skipped < scenario_count(), "{action:?}: the run did not stop early:\n{}", done.stdout);
             }
             eprintln!("{sig:?} after {ms} ms: {:?} after {:?}", done.status, done.elapsed);
         }
@@ -780,6 +816,7 @@ fn two_runs_at_once_both_pass_and_leave_nothing() {
     assert_eq!(summary_counts(&ra.stdout), summary_counts(&rb.stdout));
     let left = sandbox.leftovers(&before, &seen);
     assert!(left.is_empty(), "two runs left behind:\n  {}", left.join("\n  "));
+    assert!(ra.tmp_left.is_empty() && rb.tmp_left.is_empty(), "temporary files: {:?} {:?}", ra.tmp_left, rb.tmp_left);
     assert_saw_resources(&seen, "two runs", true);
     // They really ran at the same time: both held topology namespaces at once.
     assert!(seen.all_busy > 10, "the two runs hardly overlapped ({} samples with both busy)", seen.all_busy);
@@ -801,5 +838,68 @@ fn a_replay_finished_or_interrupted_leaves_nothing() {
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
         let (done, _) = run_and_check(&sandbox, &args, Action::Signal(sig, Duration::from_millis(150)));
         eprintln!("replay, {sig:?} after 150 ms: {:?} after {:?}", done.status, done.elapsed);
+    }
+}
+
+#[test]
+fn a_killed_run_leaves_nothing() {
+    if !require::root("a_killed_run_leaves_nothing") {
+        return;
+    }
+    let _serial = serial();
+    let sandbox = Sandbox::new();
+    // SIGKILL runs no handler and no destructor: the kernel alone must clean
+    // up (fd-held namespaces, fd-owned programs and links).
+    for ms in [1000, 2500] {
+        let action = Action::Signal(Signal::SIGKILL, Duration::from_millis(ms));
+        let (done, seen) = run_and_check(&sandbox, &["run"], action);
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&done.status), Some(9), "{action:?}");
+        assert!(!seen.netns.is_empty() && !seen.progs.is_empty(), "{action:?}: killed before any scenario ran: {seen:?}");
+        assert!(done.tmp_left.is_empty(), "{action:?}: a host run left temporary files: {:?}", done.tmp_left);
+    }
+}
+
+/// The matrix kernel used by the QEMU tests, if QEMU and a fetched kernel are there.
+fn matrix_kernel(test: &str) -> Option<&'static str> {
+    use tclab_lab::kernels::{self, Cache, Catalog};
+    const KERNEL: &str = "6.12";
+    if !require::program(test, "qemu-system-x86_64", "apt-get install qemu-system-x86 (see .ci/run)") {
+        return None;
+    }
+    let catalog = Catalog::load(&kernels::default_manifest_dir()).expect("manifests load");
+    let dir = Cache::default_location().expect("cache location").dir_for(catalog.get(KERNEL).expect("manifest"));
+    require::path(test, &dir.join("verified"), "run `tclab kernels fetch` first").then_some(KERNEL)
+}
+
+#[test]
+fn kernel_matrix_runs_stopped_or_killed_leave_no_qemu() {
+    if !require::root("kernel_matrix_runs_stopped_or_killed_leave_no_qemu") {
+        return;
+    }
+    let Some(kernel) = matrix_kernel("kernel_matrix_runs_stopped_or_killed_leave_no_qemu") else { return };
+    let _serial = serial();
+    let sandbox = Sandbox::new();
+    let args = ["run", "--kernel", kernel, "--filter", "traceparent"];
+    // A whole cell first: QEMU was really started, and nothing outlives it.
+    // (Whether its scenarios pass is scenarios_host's and matrix's business.)
+    let (done, seen) = run_and_check(&sandbox, &args, Action::None);
+    assert!(matches!(done.status.code(), Some(0 | 1)) && summary_counts(&done.stdout).is_some(), "{:?}\n{}\n{}", done.status, done.stdout, done.stderr);
+    assert!(seen.children.iter().any(|c| c.starts_with("qemu-system")), "no QEMU seen: {seen:?}");
+    // Stopped while the VM runs: the cell is cancelled and its QEMU killed;
+    // SIGKILL: QEMU dies with tclab (PR_SET_PDEATHSIG), else it would be
+    // reparented to this test (a subreaper) and found.
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL] {
+        let action = Action::Signal(sig, Duration::from_millis(3000));
+        let (done, seen) = run_and_check(&sandbox, &args, action);
+        assert!(
+            seen.children.iter().any(|c| c.starts_with("qemu-system")),
+            "{action:?}: QEMU was not running when the signal came: {seen:?}\n{}\n{}",
+            done.stdout,
+            done.stderr
+        );
+        if sig != Signal::SIGKILL {
+            assert!(!done.status.success(), "{action:?}: a cancelled cell must fail the run:\n{}", done.stdout);
+        }
+        eprintln!("kernel {kernel}, {sig:?} after 3 s: {:?} after {:?}; temporary files left: {:?}", done.status, done.elapsed, done.tmp_left);
     }
 }
