@@ -74,10 +74,11 @@ pub fn judge(text: &str, opts: &RunOptions) -> ScenarioOutcome {
         status: Status::Passed,
         result: None,
         diff: None,
+        snapshot: None,
         duration_ms: 0,
     };
     match opts.snapshots.check(&name, &source, None, text, opts.writes) {
-        Ok(SnapshotOutcome::Matched { .. }) => {}
+        Ok(SnapshotOutcome::Matched { path }) => outcome.snapshot = Some(path),
         Ok(SnapshotOutcome::Missing { path, pending }) => {
             let review = pending.map(|p| format!(": review {} (tclab review)", p.display())).unwrap_or_default();
             outcome.status = Status::Failed(vec![format!("no capability snapshot {}{review}", path.display())]);

@@ -43,6 +43,11 @@ pub struct MatrixOptions {
     pub per_scenario_budget: Duration,
     /// The init program; `None` = the running `tclab`.
     pub init: Option<InitSpec>,
+    /// Only these (kernel name, lockdown) cells of kernels × lockdowns
+    /// (`tclab run --shard`); `None` = all of them.
+    pub only: Option<Vec<(String, LockdownMode)>>,
+    /// Sees each cell's guest records as they arrive (live progress).
+    pub observer: Option<vm::Observer>,
 }
 
 impl MatrixOptions {
@@ -57,6 +62,8 @@ impl MatrixOptions {
             boot_budget: Duration::from_secs(60),
             per_scenario_budget: Duration::from_secs(30),
             init: None,
+            only: None,
+            observer: None,
         }
     }
 }
@@ -70,6 +77,8 @@ pub struct CellReport {
     pub machine: Option<String>,
     /// QEMU start → the guest's first record (init running).
     pub boot_ms: Option<u64>,
+    /// QEMU start → the first scenario's result.
+    pub first_scenario_ms: Option<u64>,
     /// QEMU start → QEMU gone.
     pub total_ms: u64,
     /// Why the cell itself failed (infrastructure, watchdog, guest errors).
@@ -113,7 +122,11 @@ pub fn run(
     let mut specs = Vec::new();
     for kernel in &opts.kernels {
         for &lockdown in &opts.lockdowns {
+            if opts.only.as_ref().is_some_and(|only| !only.iter().any(|(k, l)| *k == kernel.info.name && *l == lockdown)) {
+                continue;
+            }
             let mut spec = CellSpec::new(kernel.clone(), lockdown);
+            spec.observer = opts.observer.clone();
             spec.payload = payload.files.clone();
             let work = GuestWork::Scenarios { kernel: kernel.info.name.clone(), files: payload.scenarios.clone() };
             spec.work = serde_json::to_value(&work).map_err(|e| MatrixError::Encode(e.to_string()))?;
@@ -174,6 +187,7 @@ fn judge_cell(
         lockdown: spec.lockdown,
         machine: None,
         boot_ms: None,
+        first_scenario_ms: None,
         total_ms: 0,
         failure: None,
         console_excerpt: Vec::new(),
@@ -191,6 +205,7 @@ fn judge_cell(
     };
     report.machine = Some(format!("{:?}", cell.machine).to_lowercase());
     report.boot_ms = cell.durations.boot_to_first_record.map(|d| d.as_millis() as u64);
+    report.first_scenario_ms = cell.durations.boot_to_first_result.map(|d| d.as_millis() as u64);
     report.total_ms = cell.durations.total.as_millis() as u64;
     report.failure = cell.failure.as_ref().map(|f| format!("{:?}: {}", f.kind, f.message));
     report.console_excerpt = match &cell.failure {
@@ -243,6 +258,7 @@ fn not_run(scenarios: &[Scenario], ctx: &KernelContext, why: &str) -> Vec<Scenar
             status: Status::Failed(vec![why.to_string()]),
             result: None,
             diff: None,
+            snapshot: None,
             duration_ms: 0,
         })
         .collect()

@@ -109,6 +109,10 @@ pub struct ScenarioOutcome {
     /// The snapshot diff, when the result differs from the snapshot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diff: Option<String>,
+    /// The snapshot file the result was compared with (a kernel-specific
+    /// one, `<name>@<kernel>.snap`, means the kernel diverges by design).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<PathBuf>,
     pub duration_ms: u128,
 }
 
@@ -166,6 +170,7 @@ pub fn judge(scenario: &Scenario, opts: &RunOptions, collected: Collected, durat
         status: Status::Passed,
         result: None,
         diff: None,
+        snapshot: None,
         duration_ms: duration.as_millis(),
     };
     match collected {
@@ -189,7 +194,7 @@ fn judge_result(scenario: &Scenario, opts: &RunOptions, mut result: ScenarioResu
         result.failed_checks().map(|c| format!("check {}: {}", c.check, c.detail)).collect();
     if scenario.expect.snapshot {
         match snapshot(scenario, opts, &result) {
-            Ok(SnapshotOutcome::Matched { .. }) => {}
+            Ok(SnapshotOutcome::Matched { path }) => out.snapshot = Some(path),
             Ok(SnapshotOutcome::Missing { path, pending }) => reasons.push(match pending {
                 Some(p) => format!("no snapshot {}: review {} (tclab review)", path.display(), p.display()),
                 None => format!("no snapshot {}", path.display()),
@@ -199,6 +204,7 @@ fn judge_result(scenario: &Scenario, opts: &RunOptions, mut result: ScenarioResu
                     Some(p) => format!("differs from {}: review {} (tclab review)", path.display(), p.display()),
                     None => format!("differs from {}", path.display()),
                 });
+                out.snapshot = Some(path);
                 out.diff = Some(diff);
             }
             Err(e) => reasons.push(e.to_string()),

@@ -103,6 +103,21 @@ pub struct CellSpec {
     /// Asked every 200 ms; when it says yes (e.g. after Ctrl-C) the VM is
     /// killed and the cell fails as cancelled.
     pub cancel: Option<Cancel>,
+    /// Told of every record the guest sends, as it arrives (live progress).
+    pub observer: Option<Observer>,
+}
+
+/// `(kernel name, lockdown, record)` for each record a cell's guest sends.
+pub type ObserveFn = dyn Fn(&str, LockdownMode, &Record) + Send + Sync;
+
+/// Sees each cell's records as they arrive (live progress).
+#[derive(Clone)]
+pub struct Observer(pub std::sync::Arc<ObserveFn>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 /// A cancellation check shared by cells.
@@ -148,6 +163,7 @@ impl CellSpec {
             debug_hang: None,
             extra_cmdline: Vec::new(),
             cancel: None,
+            observer: None,
         }
     }
 }
@@ -157,6 +173,8 @@ impl CellSpec {
 pub struct Durations {
     /// QEMU start to the first record (init running), if one came.
     pub boot_to_first_record: Option<Duration>,
+    /// QEMU start to the first `result` record (e.g. the first scenario done).
+    pub boot_to_first_result: Option<Duration>,
     /// QEMU start to QEMU gone.
     pub total: Duration,
 }
@@ -303,7 +321,7 @@ fn boot(spec: &CellSpec, config: &qemu::QemuConfig) -> Result<CellOutcome, VmErr
         records: w.records,
         console: w.console,
         console_excerpt: excerpt,
-        durations: Durations { boot_to_first_record: w.first_record, total },
+        durations: Durations { boot_to_first_record: w.first_record, boot_to_first_result: w.first_result, total },
         failure: w.failure,
         qemu_stderr: w.stderr,
     })

@@ -49,6 +49,8 @@ pub(super) struct Watched {
     pub records: Vec<Record>,
     pub console: Vec<String>,
     pub first_record: Option<Duration>,
+    /// When the first `result` record arrived (the guest's work has output).
+    pub first_result: Option<Duration>,
     pub failure: Option<CellFailure>,
     pub stderr: String,
 }
@@ -107,7 +109,7 @@ pub(super) fn watch(child: &mut QemuChild, spec: &CellSpec, started: Instant) ->
             Ok(bytes) => {
                 last_talk = Instant::now();
                 for ev in parser.feed(&bytes) {
-                    if handle(ev, &mut w, started) {
+                    if handle(ev, &mut w, started, spec) {
                         break;
                     }
                 }
@@ -118,7 +120,7 @@ pub(super) fn watch(child: &mut QemuChild, spec: &CellSpec, started: Instant) ->
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(ev) = parser.finish() {
-                    handle(ev, &mut w, started);
+                    handle(ev, &mut w, started, spec);
                 }
                 break;
             }
@@ -133,13 +135,19 @@ pub(super) fn watch(child: &mut QemuChild, spec: &CellSpec, started: Instant) ->
 }
 
 /// Handle one console event; `true` when it ends the cell.
-fn handle(ev: Result<Event, console::ProtocolError>, w: &mut Watched, started: Instant) -> bool {
+fn handle(ev: Result<Event, console::ProtocolError>, w: &mut Watched, started: Instant, spec: &CellSpec) -> bool {
     match ev {
         Ok(Event::Record { record, glued }) => {
             if let Some(g) = glued {
                 w.console.push(g);
             }
             w.first_record.get_or_insert_with(|| started.elapsed());
+            if matches!(record, Record::Result { .. }) {
+                w.first_result.get_or_insert_with(|| started.elapsed());
+            }
+            if let Some(o) = &spec.observer {
+                (o.0)(&spec.kernel.info.name, spec.lockdown, &record);
+            }
             if record != Record::Heartbeat {
                 w.records.push(record);
             }
