@@ -17,3 +17,5 @@ pub mod adhoc;
 pub mod byo;
 pub mod matrix;
 pub mod testserver;
+pub mod report;
+pub mod shard;
