@@ -7,7 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+use tclab_lab::guest::LockdownMode;
+use tclab_lab::matrix::{self, MatrixOptions};
+use tclab_lab::report::progress::Progress;
+use tclab_lab::report::{HostRun, Report};
 use tclab_lab::runner::{self, KernelContext, RunOptions, ScenarioOutcome, Status};
+use tclab_lab::vm::Cancel;
 use tclab_lab::snapshot::{self, PendingWrites, ReviewDecision, SnapshotStore};
 use tclab_lab::{doctor, scenario};
 
@@ -23,8 +28,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run scenario files on the host kernel (inside throwaway network namespaces).
+    /// Run scenario files on the host kernel (inside throwaway network
+    /// namespaces), or with --kernel inside QEMU on pinned distro kernels.
     Run(RunArgs),
+    /// Merge the reports of `tclab run --shard` jobs (folders holding a
+    /// results.json) into one folder: results.json, junit.xml, report.html.
+    /// Exits 1 when any merged cell failed.
+    Merge {
+        /// Report folders (or results.json files) of the shards.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// Where to write the merged reports.
+        #[arg(long, value_name = "DIR")]
+        report: PathBuf,
+    },
     /// Replay one capture through the agent (or a small chain) and print the
     /// spans and the CT table it produced.
     ///
@@ -108,7 +125,6 @@ enum Command {
         no_load: bool,
     },
 }
-}
 
 #[derive(Subcommand)]
 enum KernelsCommand {
@@ -132,12 +148,33 @@ struct RunArgs {
     /// Snapshot folder.
     #[arg(long, default_value = "scenarios/snapshots")]
     snapshots: PathBuf,
-    /// Write results.json and output pcaps here.
-    #[arg(long)]
-    results: Option<PathBuf>,
+    /// Write the reports here: results.json (schema 3), junit.xml and a
+    /// self-contained report.html, plus the host run's output pcaps.
+    #[arg(long, visible_alias = "results", value_name = "DIR")]
+    report: Option<PathBuf>,
+    /// Run only shard I of N of the kernel × lockdown cells (the host
+    /// kernel counts as one), e.g. `--shard 2/3`: N jobs given the same
+    /// selection run every cell exactly once.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<tclab_lab::shard::Shard>,
     /// After the run, review the pending snapshots it left.
     #[arg(long)]
     review: bool,
+    /// Kernels to run on: `host` (default), manifest names from kernels/
+    /// (`5.10,6.1,6.12`), or `all` (every manifest). Non-host kernels boot
+    /// in QEMU; fetch them first with `tclab kernels fetch`.
+    #[arg(long, value_delimiter = ',', default_value = "host")]
+    kernel: Vec<String>,
+    /// Lockdown modes for QEMU kernels: none, integrity, confidentiality, or
+    /// `all` (default: none).
+    #[arg(long, value_delimiter = ',')]
+    lockdown: Vec<String>,
+    /// Cells (VMs) run at once (default: the number of cores).
+    #[arg(short = 'j', long)]
+    jobs: Option<usize>,
+    /// Kernel manifest folder.
+    #[arg(long, default_value = "kernels")]
+    manifests: PathBuf,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -148,8 +185,9 @@ enum Output {
 
 fn main() -> ExitCode {
     if tclab_lab::guest::is_guest() {
-        // As the VM's /init: set up, probe, report on the console, reboot.
-        tclab_lab::guest::main(|_request, _sink| Ok(()));
+        // As the VM's /init: set up, probe, run the cell's scenarios, report
+        // on the console, reboot.
+        tclab_lab::guest::main(tclab_lab::matrix::work::run_in_guest);
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("TCLAB_LOG"))
@@ -168,7 +206,7 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(args),
-        Command::Replay { pcap, local, chain, output } => replay(&pcap, &local, &chain, output),
+        Command::Merge { reports, report } => merge(&reports, &report),
         Command::Inspect { object, output, no_load } => {
             let report = tclab_lab::byo::inspect(&object, !no_load)?;
             match output {
@@ -178,6 +216,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let rejected = report.dry_run.iter().any(|d| matches!(d.load, tclab_lab::byo::LoadCheck::Rejected { .. }));
             Ok(if rejected { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
+        Command::Replay { pcap, local, chain, output } => replay(&pcap, &local, &chain, output),
         Command::Review { snapshots, accept, reject } => review(&snapshots, accept, reject),
         Command::Check { paths } => check(&paths),
         Command::Kernels { command, manifests } => kernels(command, &manifests),
@@ -190,8 +229,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{} fixture(s) written", written.len());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Testserver(args) => tclab_lab::testserver::main(args),
         Command::Bench(args) => tclab_lab::bench::main(args),
+        Command::Testserver(args) => tclab_lab::testserver::main(args),
         Command::Doctor { output } => {
             let checks = doctor::checks();
             match output {
@@ -241,29 +280,127 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(f) = &args.filter {
         scenarios.retain(|s| s.name.contains(f.as_str()) || s.tags.iter().any(|t| t.contains(f.as_str())));
     }
+    let mut targets = Targets::resolve(&args.kernel, &args.lockdown, &args.manifests)?;
+    let only = targets.shard(args.shard);
     let _signals = tclab_lab::interrupt::install().context("failed to install the SIGINT/SIGTERM handler")?;
-    let opts = RunOptions {
-        kernel: KernelContext::probe_running("host"),
-        snapshots: SnapshotStore::new(&args.snapshots),
-        writes: PendingWrites::from_env(),
-        results_dir: args.results.clone(),
-    };
-    let live = std::io::stderr().is_terminal();
-    let outcomes = runner::run_all(&scenarios, &opts, |o| progress_line(o, live));
+    let progress = Progress::new(std::io::stderr().is_terminal());
+    let mut outcomes = Vec::new();
+    let mut host_run = None;
+    if targets.host {
+        let kernel = KernelContext::probe_running("host");
+        let label = format!("host/{}", runner::lockdown_name(kernel.lockdown));
+        progress.plan(&label, scenarios.len());
+        let opts = RunOptions {
+            kernel,
+            snapshots: SnapshotStore::new(&args.snapshots),
+            writes: PendingWrites::from_env(),
+            results_dir: args.report.clone(),
+        };
+        outcomes = runner::run_all(&scenarios, &opts, |o| progress.host_outcome(&label, o));
+        progress.finish(&label, host_line(&label, &outcomes));
+        host_run = Some(HostRun { outcomes: outcomes.clone(), capabilities: host_capabilities() });
+    }
+    let mut cells = Vec::new();
+    if !targets.kernels.is_empty() && !tclab_lab::interrupt::requested() {
+        let mut opts = MatrixOptions::new(targets.kernels, targets.lockdowns, SnapshotStore::new(&args.snapshots));
+        if let Some(j) = args.jobs {
+            opts.jobs = j.max(1);
+        }
+        opts.cancel = Some(Cancel::when(tclab_lab::interrupt::requested));
+        for k in &opts.kernels {
+            for &l in &opts.lockdowns {
+                if only.as_ref().is_none_or(|o| o.contains(&(k.info.name.clone(), l))) {
+                    progress.plan(&format!("{}/{l}", k.info.name), scenarios.len());
+                }
+            }
+        }
+        opts.only = only;
+        opts.observer = progress.observer();
+        cells = matrix::run(&scenarios, &opts, |c| progress.cell_done(c)).context("failed to prepare the kernel matrix")?;
+        outcomes.extend(cells.iter().flat_map(|c| c.outcomes.iter().cloned()));
+    }
     print!("{}", runner::summary_table(&outcomes));
-    for o in outcomes.iter().filter(|o| o.failed()) {
-        if let Some(diff) = &o.diff {
-            println!("\n{} ({}):\n{diff}", o.scenario, o.file.display());
+    for c in cells.iter().filter(|c| c.failure.is_some()) {
+        println!("\ncell {} failed: {}", c.label(), c.failure.as_deref().unwrap_or_default());
+        for line in &c.console_excerpt {
+            println!("  | {line}");
         }
     }
-    if let Some(dir) = &args.results {
-        write_results(dir, &outcomes)?;
+    for o in outcomes.iter().filter(|o| o.failed()) {
+        if let Some(diff) = &o.diff {
+            println!("\n{} on {}/{} ({}):\n{diff}", o.scenario, o.kernel, runner::lockdown_name(o.lockdown), o.file.display());
+        }
+    }
+    if let Some(dir) = &args.report {
+        let report = Report::build(host_run.as_ref(), &cells, args.shard.map(|s| s.to_string()));
+        report.write(dir).with_context(|| format!("failed to write the reports in {}", dir.display()))?;
+        eprintln!("reports: {}", dir.join(tclab_lab::report::REPORT_HTML).display());
     }
     if args.review {
         review(&args.snapshots, false, false)?;
     }
-    let failed = outcomes.iter().any(ScenarioOutcome::failed);
+    let failed = outcomes.iter().any(ScenarioOutcome::failed) || cells.iter().any(|c| c.failure.is_some());
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Where `tclab run` runs: the host kernel and/or QEMU cells.
+struct Targets {
+    host: bool,
+    kernels: Vec<tclab_lab::kernels::CachedKernel>,
+    lockdowns: Vec<LockdownMode>,
+}
+
+impl Targets {
+    /// Keep only this shard's units; the QEMU cells it keeps, for
+    /// [`MatrixOptions::only`] (`None` without `--shard`).
+    fn shard(&mut self, shard: Option<tclab_lab::shard::Shard>) -> Option<Vec<(String, LockdownMode)>> {
+        use tclab_lab::shard::Unit;
+        let shard = shard?;
+        let mut units: Vec<Unit> = Vec::new();
+        if self.host {
+            units.push(Unit::host());
+        }
+        for k in &self.kernels {
+            units.extend(self.lockdowns.iter().map(|&l| Unit::cell(&k.info.name, l)));
+        }
+        let mine = shard.select(&units);
+        let names: Vec<String> = mine.iter().map(ToString::to_string).collect();
+        eprintln!("shard {shard}: {} of {} cell(s): {}", mine.len(), units.len(), if names.is_empty() { "none".into() } else { names.join(", ") });
+        self.host = mine.iter().any(Unit::is_host);
+        let cells: Vec<(String, LockdownMode)> = mine.into_iter().filter_map(|u| Some((u.kernel, u.lockdown?))).collect();
+        self.kernels.retain(|k| cells.iter().any(|(name, _)| *name == k.info.name));
+        Some(cells)
+    }
+
+    fn resolve(kernel_args: &[String], lockdown_args: &[String], manifests: &Path) -> anyhow::Result<Targets> {
+        use tclab_lab::kernels::{Cache, Catalog};
+        let host = kernel_args.iter().any(|k| k == "host");
+        let names: Vec<String> = kernel_args.iter().filter(|k| *k != "host").cloned().collect();
+        let lockdowns: Vec<LockdownMode> = if lockdown_args.iter().any(|l| l == "all") {
+            LockdownMode::ALL.to_vec()
+        } else if lockdown_args.is_empty() {
+            vec![LockdownMode::None]
+        } else {
+            lockdown_args
+                .iter()
+                .map(|l| l.parse::<LockdownMode>().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()?
+        };
+        if names.is_empty() {
+            if !lockdown_args.is_empty() {
+                bail!("--lockdown applies to QEMU kernels (--kernel 5.10,6.1,6.12 or all); the host kernel runs in its own mode");
+            }
+            return Ok(Targets { host, kernels: Vec::new(), lockdowns });
+        }
+        let catalog = Catalog::load(manifests)
+            .with_context(|| format!("failed to load kernel manifests from {}", manifests.display()))?;
+        let cache = Cache::default_location()?;
+        let mut kernels = Vec::new();
+        for m in catalog.select(&names)? {
+            kernels.push(cache.kernel(m).with_context(|| format!("kernel {} is not ready: run `tclab kernels fetch {}`", m.name, m.name))?);
+        }
+        Ok(Targets { host, kernels, lockdowns })
+    }
 }
 
 fn replay(pcap: &Path, local: &[std::net::IpAddr], chain: &str, output: Output) -> anyhow::Result<ExitCode> {
@@ -282,25 +419,33 @@ fn replay(pcap: &Path, local: &[std::net::IpAddr], chain: &str, output: Output) 
     Ok(ExitCode::SUCCESS)
 }
 
-fn progress_line(o: &ScenarioOutcome, live: bool) {
-    if !live {
-        return;
-    }
-    let status = match &o.status {
-        Status::Passed => "pass",
-        Status::Failed(_) => "FAIL",
-        Status::Skipped(_) => "skip",
-    };
-    eprintln!("{status} {} ({} ms)", o.scenario, o.duration_ms);
+fn merge(inputs: &[PathBuf], out: &Path) -> anyhow::Result<ExitCode> {
+    let reports = inputs.iter().map(|p| tclab_lab::report::json::read(p)).collect::<Result<Vec<_>, _>>()?;
+    let merged = Report::merge(reports);
+    merged.write(out).with_context(|| format!("failed to write the reports in {}", out.display()))?;
+    print!("{}", merged.summary_text());
+    eprintln!("reports: {}", out.join(tclab_lab::report::REPORT_HTML).display());
+    Ok(if merged.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-fn write_results(dir: &Path, outcomes: &[ScenarioOutcome]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
-    let path = dir.join("results.json");
-    let doc = serde_json::json!({ "schema": 1, "scenarios": outcomes });
-    let text = serde_json::to_string_pretty(&doc)?;
-    std::fs::write(&path, text).with_context(|| format!("failed to write {}", path.display()))?;
-    Ok(())
+/// The host run's verdict line, shaped like [`matrix::cell_line`].
+fn host_line(label: &str, outcomes: &[ScenarioOutcome]) -> String {
+    let count = |f: fn(&Status) -> bool| outcomes.iter().filter(|o| f(&o.status)).count();
+    let failed = count(|s| matches!(s, Status::Failed(_)));
+    let secs: u128 = outcomes.iter().map(|o| o.duration_ms).sum();
+    format!(
+        "{} {label:<22} {} passed, {failed} failed, {} skipped ({:.1}s)",
+        if failed > 0 { "FAIL" } else { "pass" },
+        count(|s| matches!(s, Status::Passed)),
+        count(|s| matches!(s, Status::Skipped(_))),
+        secs as f64 / 1000.0
+    )
+}
+
+/// The host kernel's probe, as the capability text the cells have.
+fn host_capabilities() -> Option<String> {
+    let probe = serde_json::to_value(tclab_datapath::probe::KernelFeatures::probe()).ok()?;
+    Some(matrix::capabilities::render(&probe))
 }
 
 fn review(snapshots: &Path, accept: bool, reject: bool) -> anyhow::Result<ExitCode> {
