@@ -598,3 +598,36 @@ fn tclab_run_shard_writes_the_three_reports_of_its_cells() {
     assert_eq!(b.eval("document.querySelectorAll('#grid td.v-pass').length"), 3);
     assert_eq!(b.eval("document.querySelectorAll('#grid td.v-none').length"), 1, "the host has no capability snapshot");
 }
+
+#[test]
+fn tclab_merge_joins_shard_reports_and_fails_when_a_cell_failed() {
+    let r = synthetic();
+    let dirs = tempfile::tempdir().expect("tempdir");
+    let (a, b, out) = (dirs.path().join("shard-1"), dirs.path().join("shard-2"), dirs.path().join("merged"));
+    let mut first = r.clone();
+    first.cells.truncate(2);
+    first.shard = Some("1/2".into());
+    let mut second = r.clone();
+    second.cells.drain(..2);
+    second.shard = Some("2/2".into());
+    first.write(&a).expect("shard 1 written");
+    second.write(&b).expect("shard 2 written");
+    let merge = |args: &[&Path]| Command::new(env!("CARGO_BIN_EXE_tclab")).arg("merge").args(args).arg("--report").arg(&out).output().expect("tclab merge runs");
+    let run = merge(&[&b, &a]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "a failed cell fails the merge: {stdout}");
+    assert!(stdout.contains("FAIL 6.12/integrity") && stdout.contains("pass host/none"), "{stdout}");
+    assert!(stdout.contains("http-get on 5.10/none: differs from"), "failures listed: {stdout}");
+    let merged = report::json::read(&out).expect("merged results.json");
+    assert_eq!(merged.cells, r.cells, "every cell once, in canonical order");
+    assert_eq!(merged.shard.as_deref(), Some("2/2,1/2"));
+    check_junit_structure(&std::fs::read_to_string(out.join("junit.xml")).expect("junit.xml"));
+    assert!(out.join("report.html").is_file());
+    // A folder without results.json is named in the error.
+    let empty = dirs.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let bad = merge(&[&empty]);
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("empty/results.json"), "{stderr}");
+}
