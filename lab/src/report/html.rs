@@ -436,13 +436,15 @@ fn entry(h: &mut String, c: &Cell, ci: usize, si: usize, e: &Entry) {
         }
         h.push_str("</pre>\n");
     }
-    if e.result.is_some() || !e.output.is_empty() {
+    if !e.output.is_empty() {
         let _ = write!(
             h,
             "<h4>Output ({} packet(s) left the far side)</h4>\n<pre class=\"output\">{}</pre>\n",
             e.output.len(),
             text(&e.output.join("\n"))
         );
+    } else if e.result.is_some() {
+        h.push_str("<h4>Output</h4>\n<p class=\"muted output\">no packet left the far side</p>\n");
     }
     if e.status == Verdict::Fail && c.failure.is_some() && !c.console_excerpt.is_empty() {
         let _ = write!(
