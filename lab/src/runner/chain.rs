@@ -302,7 +302,7 @@ impl LiveChain {
             None => self.attach_step(idx, hook, how).map_err(|e| format!("{e:#}")),
         };
         let entry = &mut self.entries[idx];
-        entry.attach_text.push(format!("{} {how:?}", super::replay::hook_name(hook)).to_lowercase());
+        entry.attach_text.push(format!("{} {how}", super::replay::hook_name(hook)));
         if let Err(error) = attached {
             entry.links.clear(); // detach whatever of it was attached
             entry.ids.clear();

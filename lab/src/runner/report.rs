@@ -112,7 +112,7 @@ impl ScenarioResult {
             }
         }
         section(&mut s, "chain", self.chain.iter().map(|c| {
-            format!("{:<7} {:<26} {:<22} entry={}", c.hook, c.api, c.program, c.entry)
+            format!("{:<7} {:<28} {:<22} entry={}", c.hook, c.api, c.program, c.entry)
         }));
         section(&mut s, "packets", self.packets.iter().map(|p| {
             format!("{}#{} {:<7} {} seen_by=[{}]", p.pcap, p.index, p.hook, p.frame, p.seen_by.join(","))

@@ -539,6 +539,20 @@ pub enum ResolvedAttach {
     Netlink { priority: u16, handle: u32 },
 }
 
+/// As snapshots show it: `tcx(head)`, `tcx(before=x)`, `netlink(prio=1,handle=0x7c1a)`
+/// (the handle in hex, as `tc filter show` prints it).
+impl std::fmt::Display for ResolvedAttach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResolvedAttach::Tcx(TcxOrder::Head) => f.write_str("tcx(head)"),
+            ResolvedAttach::Tcx(TcxOrder::Tail) => f.write_str("tcx(tail)"),
+            ResolvedAttach::Tcx(TcxOrder::Before(x)) => write!(f, "tcx(before={x})"),
+            ResolvedAttach::Tcx(TcxOrder::After(x)) => write!(f, "tcx(after={x})"),
+            ResolvedAttach::Netlink { priority, handle } => write!(f, "netlink(prio={priority},handle={handle:#x})"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ResolvedChain {
     pub ingress: HookChain,
