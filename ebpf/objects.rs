@@ -25,6 +25,7 @@ pub const OBJECTS: &[Object] = &[
     Object { name: "datapath_perf.o", source: "datapath.c", defines: &["TCLAB_EVENTS_PERF"] },
     Object { name: "testprogs.o", source: "testprogs.c", defines: &[] },
     Object { name: "ciliumlike.o", source: "ciliumlike.c", defines: &[] },
+    Object { name: "propagation.o", source: "propagation.c", defines: &[] },
 ];
 
 /// Environment variable naming the clang to use (default `clang-14`).

@@ -14,6 +14,7 @@ pub mod loader;
 pub mod metrics;
 pub mod otlp;
 pub mod probe;
+pub mod propagation;
 pub mod span;
 pub mod types;
 pub mod verifier;

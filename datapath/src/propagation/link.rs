@@ -1,0 +1,212 @@
+//! Give the datapath's spans the ids the kernel propagated.
+//!
+//! The TC datapath sees a request and its response and makes a span; the
+//! propagation programs saw the same request at the socket and chose its
+//! ids (server: trace, new span id, the caller as parent; client: the
+//! trace of the thread's server request, the span id it sent, that server
+//! span as parent). Both carry CLOCK_MONOTONIC timestamps and the
+//! connection, which is how they are matched:
+//!
+//! * a server request is read by the application after TC ingress saw it
+//!   and before its response leaves: the last event of the connection at
+//!   or before the response (and at or after the request) is its own;
+//! * a client request is sent through the socket before TC egress sees it:
+//!   the last event of the connection at or before the request is its own.
+//!
+//! Requests on one connection are sequential in HTTP/1.1 (pipelined
+//! requests are matched in order, as long as the server reads them one at
+//! a time). Events are drained before the spans they complete are built
+//! (see the agent), so an event is never late for its span.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use super::events::{PropEvent, PropKind};
+use super::types::Origin;
+use crate::span::{Span, SpanKind};
+
+/// Events kept per connection and kind before the oldest are dropped
+/// (connections the TC hooks do not see never consume theirs).
+const MAX_QUEUED: usize = 256;
+
+/// (client address, server address) of a request.
+type ConnKey = (SocketAddr, SocketAddr);
+
+/// Matches propagation events to spans.
+#[derive(Debug, Default)]
+pub struct Linker {
+    server: HashMap<ConnKey, VecDeque<PropEvent>>,
+    client: HashMap<ConnKey, VecDeque<PropEvent>>,
+    linked: u64,
+}
+
+fn unmap(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        SocketAddr::V4(_) => a,
+    }
+}
+
+impl Linker {
+    pub fn new() -> Linker {
+        Linker::default()
+    }
+
+    /// Queue an event.
+    pub fn push(&mut self, ev: PropEvent) {
+        let (map, key) = match ev.kind {
+            PropKind::Server => (&mut self.server, (unmap(ev.remote), unmap(ev.local))),
+            PropKind::Client => (&mut self.client, (unmap(ev.local), unmap(ev.remote))),
+        };
+        let q = map.entry(key).or_default();
+        if q.len() == MAX_QUEUED {
+            q.pop_front();
+        }
+        q.push_back(ev);
+    }
+
+    /// Spans given kernel ids so far.
+    pub fn linked(&self) -> u64 {
+        self.linked
+    }
+
+    /// Events waiting for a span.
+    pub fn pending(&self) -> usize {
+        self.server.values().chain(self.client.values()).map(VecDeque::len).sum()
+    }
+
+    /// Give `span` the ids of its event, if there is one; returns it.
+    pub fn apply(&mut self, span: &mut Span) -> Option<PropEvent> {
+        let key = (unmap(span.client), unmap(span.server));
+        let ev = match span.kind {
+            SpanKind::Server => {
+                let q = self.server.get_mut(&key)?;
+                take_last(q, span.end_ns).filter(|e| e.ts_ns >= span.request_start_ns)
+            }
+            SpanKind::Client => take_last(self.client.get_mut(&key)?, span.request_start_ns),
+        }?;
+        if !ev.has_context() {
+            return Some(ev);
+        }
+        span.trace_id.clone_from(&ev.trace_id);
+        span.span_id.clone_from(&ev.span_id);
+        span.parent_id.clone_from(&ev.parent_id);
+        span.flags = ev.flags;
+        span.propagated = match span.kind {
+            SpanKind::Server => ev.origin != Origin::New,
+            SpanKind::Client => matches!(ev.origin, Origin::Thread | Origin::App),
+        };
+        self.linked += 1;
+        Some(ev)
+    }
+}
+
+/// Remove the events at or before `until`; the last of them.
+fn take_last(q: &mut VecDeque<PropEvent>, until: u64) -> Option<PropEvent> {
+    let mut last = None;
+    while q.front().is_some_and(|e| e.ts_ns <= until) {
+        last = q.pop_front();
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Traceparent;
+    use crate::types::TraceparentStatus;
+
+    fn ev(kind: PropKind, ts: u64, local: &str, remote: &str, span: &str, parent: Option<&str>) -> PropEvent {
+        PropEvent {
+            ts_ns: ts,
+            kind,
+            tgid: 1,
+            tid: 1,
+            tp_status: TraceparentStatus::Missing,
+            injected: kind == PropKind::Client,
+            origin: if parent.is_some() { Origin::Thread } else { Origin::New },
+            flags: 1,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            trace_id: "ab".repeat(16),
+            span_id: span.into(),
+            parent_id: parent.map(str::to_owned),
+        }
+    }
+
+    fn span(kind: SpanKind, client: &str, server: &str, start: u64, end: u64) -> Span {
+        Span {
+            kind,
+            method: "GET".into(),
+            path: "/".into(),
+            host: None,
+            status: 200,
+            client: client.parse().unwrap(),
+            server: server.parse().unwrap(),
+            request_size: 0,
+            response_size: 0,
+            request_start_ns: start,
+            start_ns: start,
+            end_ns: end,
+            traceparent_in: Traceparent::Missing,
+            tracestate: None,
+            trace_id: "00".repeat(16),
+            span_id: "00".repeat(8),
+            parent_id: None,
+            flags: 1,
+            propagated: false,
+            ifindex: 1,
+        }
+    }
+
+    #[test]
+    fn server_spans_take_the_read_between_request_and_response() {
+        let mut l = Linker::new();
+        // keep-alive: two requests on one connection
+        l.push(ev(PropKind::Server, 15, "10.0.0.2:80", "10.0.0.1:5000", "1111111111111111", None));
+        l.push(ev(PropKind::Server, 35, "10.0.0.2:80", "10.0.0.1:5000", "2222222222222222", None));
+        let mut a = span(SpanKind::Server, "10.0.0.1:5000", "10.0.0.2:80", 10, 20);
+        let mut b = span(SpanKind::Server, "10.0.0.1:5000", "10.0.0.2:80", 30, 40);
+        assert!(l.apply(&mut a).is_some());
+        assert!(l.apply(&mut b).is_some());
+        assert_eq!((a.span_id.as_str(), b.span_id.as_str()), ("1111111111111111", "2222222222222222"));
+        assert!(!a.propagated, "a new trace");
+        assert_eq!(l.pending(), 0);
+        // another connection's event is not taken
+        l.push(ev(PropKind::Server, 50, "10.0.0.2:80", "10.0.0.1:5001", "3333333333333333", None));
+        let mut c = span(SpanKind::Server, "10.0.0.1:5000", "10.0.0.2:80", 45, 60);
+        assert!(l.apply(&mut c).is_none());
+        // an event before the request (a read the TC hooks did not see) is not taken
+        let mut d = span(SpanKind::Server, "10.0.0.1:5001", "10.0.0.2:80", 55, 60);
+        assert!(l.apply(&mut d).is_none());
+    }
+
+    #[test]
+    fn client_spans_take_the_send_before_the_request() {
+        let mut l = Linker::new();
+        l.push(ev(PropKind::Client, 5, "10.0.0.2:6000", "10.0.0.3:80", "cccccccccccccccc", Some("5555555555555555")));
+        let mut s = span(SpanKind::Client, "10.0.0.2:6000", "10.0.0.3:80", 6, 9);
+        l.apply(&mut s).unwrap();
+        assert_eq!(s.span_id, "cccccccccccccccc");
+        assert_eq!(s.parent_id.as_deref(), Some("5555555555555555"));
+        assert_eq!(s.trace_id, "ab".repeat(16));
+        assert!(s.propagated);
+        assert_eq!(l.linked(), 1);
+    }
+
+    #[test]
+    fn an_invalid_outgoing_header_leaves_the_span_alone() {
+        let mut l = Linker::new();
+        let mut e = ev(PropKind::Client, 5, "10.0.0.2:6000", "10.0.0.3:80", "", None);
+        e.trace_id.clear();
+        e.tp_status = TraceparentStatus::Invalid;
+        l.push(e);
+        let mut s = span(SpanKind::Client, "10.0.0.2:6000", "10.0.0.3:80", 6, 9);
+        let before = s.clone();
+        assert!(l.apply(&mut s).is_some());
+        assert_eq!(s, before);
+    }
+}

@@ -1,0 +1,327 @@
+//! Context propagation in `headers` mode, at the socket layer, in one
+//! process: a client, a "front" server that calls a "down" server while
+//! serving (same thread), all on loopback inside a throwaway namespace.
+//! The test process moves itself into a cgroup of its own, which the
+//! programs attach to (nothing else on the machine is touched).
+//!
+//! Every request the test process sends is covered, its own first request
+//! included (it gets a new trace). Asserted: what each server really
+//! received on the wire, and the kernel's events (ids and parent links).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use tclab_datapath::attach::{self, Api, Attachment, DeviceState};
+use tclab_datapath::loader::Hook;
+use tclab_datapath::propagation::events::PropKind;
+use tclab_datapath::propagation::types::Origin;
+use tclab_datapath::propagation::{Correlation, Mode, PropEvent, Propagation, PropagationConfig, cgroup2_mount};
+use tclab_datapath::w3c;
+use tclab_net::{NetNs, require};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// This process in a cgroup of its own until drop (then back where it was).
+struct OwnCgroup {
+    dir: PathBuf,
+    original: PathBuf,
+}
+
+impl OwnCgroup {
+    fn enter() -> OwnCgroup {
+        let mount = cgroup2_mount().expect("a cgroup2 mount");
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let rel = own.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 line");
+        let original = mount.join(rel.trim_start_matches('/'));
+        let dir = mount.join(format!("tclab-proptest-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+        OwnCgroup { dir, original }
+    }
+}
+
+impl Drop for OwnCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.original.join("cgroup.procs"), std::process::id().to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Read one request or response head (and nothing else: no bodies here).
+fn read_head(r: &mut BufReader<TcpStream>) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap() == 0 {
+            break;
+        }
+        let l = l.trim_end().to_owned();
+        if l.is_empty() {
+            break;
+        }
+        lines.push(l);
+    }
+    lines
+}
+
+fn header(head: &[String], name: &str) -> Option<String> {
+    head.iter().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
+/// The traceparent each of front and down received, for one client request.
+#[derive(Debug)]
+struct Received {
+    front: Option<String>,
+    down: Option<String>,
+    /// How many Traceparent lines front got (never two).
+    front_count: usize,
+}
+
+/// `down`: answers each request with the traceparent it got in a header.
+fn serve_down(listener: TcpListener) {
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { return };
+        std::thread::spawn(move || {
+            let mut w = stream.try_clone().unwrap();
+            let mut r = BufReader::new(stream);
+            loop {
+                let head = read_head(&mut r);
+                if head.is_empty() {
+                    return;
+                }
+                let tp = header(&head, "traceparent").unwrap_or_default();
+                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Got: {tp}\r\n\r\n");
+                w.write_all(resp.as_bytes()).unwrap();
+            }
+        });
+    }
+}
+
+/// `front`: for each request, calls `down` on the serving thread (a new
+/// connection each time), then answers with both traceparents.
+fn serve_front(listener: TcpListener, down: SocketAddr) {
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { return };
+        std::thread::spawn(move || {
+            let mut w = stream.try_clone().unwrap();
+            let mut r = BufReader::new(stream);
+            loop {
+                let head = read_head(&mut r);
+                if head.is_empty() {
+                    return;
+                }
+                let tp = header(&head, "traceparent").unwrap_or_default();
+                let count = head.iter().filter(|l| l.to_ascii_lowercase().starts_with("traceparent:")).count();
+                let mut d = TcpStream::connect(down).unwrap();
+                d.write_all(b"GET /down HTTP/1.1\r\nHost: down\r\nUser-Agent: t\r\n\r\n").unwrap();
+                let mut dr = BufReader::new(d);
+                let got = header(&read_head(&mut dr), "x-got").unwrap_or_default();
+                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Front: {tp}\r\nX-Down: {got}\r\nX-Count: {count}\r\n\r\n");
+                w.write_all(resp.as_bytes()).unwrap();
+            }
+        });
+    }
+}
+
+struct Setup {
+    ns: NetNs,
+    front: SocketAddr,
+    down: SocketAddr,
+}
+
+fn setup() -> Setup {
+    let ns = NetNs::new("tclab-proptest").unwrap();
+    let (front_l, down_l) = ns.run(|| (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap()));
+    let (front, down) = (front_l.local_addr().unwrap(), down_l.local_addr().unwrap());
+    // spawned from inside: the threads (and their connections) live in the namespace
+    ns.run(move || {
+        std::thread::spawn(move || serve_down(down_l));
+        std::thread::spawn(move || serve_front(front_l, down));
+    });
+    Setup { ns, front, down }
+}
+
+fn get(s: &Setup, extra: &str) -> Received {
+    let stream = s.ns.run(|| TcpStream::connect(s.front).unwrap());
+    let mut w = stream.try_clone().unwrap();
+    w.write_all(format!("GET /front HTTP/1.1\r\nHost: front\r\n{extra}Accept: */*\r\n\r\n").as_bytes()).unwrap();
+    let mut r = BufReader::new(stream);
+    let head = read_head(&mut r);
+    let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+    Received {
+        front: non_empty(header(&head, "x-front")),
+        down: non_empty(header(&head, "x-down")),
+        front_count: header(&head, "x-count").and_then(|c| c.parse().ok()).unwrap_or(0),
+    }
+}
+
+fn parts(tp: &str) -> (String, String) {
+    assert!(w3c::parse_traceparent(tp.as_bytes()).is_ok(), "{tp:?} is a valid traceparent");
+    let p: Vec<&str> = tp.split('-').collect();
+    (p[1].to_owned(), p[2].to_owned())
+}
+
+/// Propagation started for the cgroup, its classifiers on `lo` of the
+/// test's namespace (dropped before the programs: declared first).
+struct Started {
+    _links: Vec<Attachment>,
+    p: Propagation,
+}
+
+fn start(mode: Mode, cg: &OwnCgroup, s: &Setup) -> Started {
+    let cfg = PropagationConfig { mode, cgroup: Some(cg.dir.clone()), sampled: true };
+    let mut p = Propagation::start(&cfg).expect("propagation starts");
+    assert_eq!(p.correlation(), &Correlation::On, "the host kernel correlates");
+    let device = DeviceState::default();
+    let links = s.ns.run(|| {
+        let mut links = Vec::new();
+        for (hook, dir) in [(Hook::Ingress, tclab_net::tc::Direction::Ingress), (Hook::Egress, tclab_net::tc::Direction::Egress)] {
+            if let Some(prog) = p.classifier_mut(hook) {
+                let name = Propagation::classifier_name(hook);
+                links.push(attach::attach(prog, name, "lo", dir, Api::Tcx, 1, &device).expect("attach on lo"));
+            }
+        }
+        links
+    });
+    Started { _links: links, p }
+}
+
+fn events_of(p: &mut Propagation, kind: PropKind, remote_port: Option<u16>, local_port: Option<u16>) -> Vec<PropEvent> {
+    p.drain()
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .filter(|e| remote_port.is_none_or(|port| e.remote.port() == port))
+        .filter(|e| local_port.is_none_or(|port| e.local.port() == port))
+        .collect()
+}
+
+#[test]
+fn headers_are_injected_and_linked_through_a_serving_thread() {
+    if !require::root("headers_are_injected_and_linked_through_a_serving_thread") {
+        return;
+    }
+    let _g = serial();
+    let cg = OwnCgroup::enter();
+    let s = setup();
+    let mut st = start(Mode::Headers, &cg, &s);
+    let p = &mut st.p;
+    for _ in 0..3 {
+        let mut cap = s.ns.run(|| tclab_net::packet::Capture::all(1).expect("capture on lo"));
+        let got = get(&s, "");
+        // the insertion does not split the request into two segments
+        let frames = cap.drain(std::time::Duration::from_millis(100)).expect("drain");
+        let heads: Vec<String> = frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f.data).into_owned())
+            .filter(|t| t.contains("GET /down") || t.contains("GET /front"))
+            .collect();
+        assert_eq!(heads.len(), 2, "two requests on lo");
+        for h in &heads {
+            assert!(h.contains(" HTTP/1.1\r\nTraceparent: 00-") && h.contains("\r\n\r\n"), "one segment: {h:?}");
+        }
+        let front = got.front.clone().expect("front received an injected traceparent");
+        let down = got.down.clone().expect("down received an injected traceparent");
+        assert_eq!(got.front_count, 1, "one header: {got:?}");
+        let ((t1, c0), (t2, c1)) = (parts(&front), parts(&down));
+        assert_eq!(t1, t2, "one trace through front: {got:?}");
+        assert_ne!(c0, c1, "a new span id per hop");
+        // the kernel's view: front's server span has the client's span as
+        // parent, and front's client span has front's server span as parent
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let evs = p.drain();
+        let server = evs
+            .iter()
+            .find(|e| e.kind == PropKind::Server && e.local.port() == s.front.port())
+            .unwrap_or_else(|| panic!("a server event for front: {evs:#?}"));
+        assert_eq!((server.trace_id.as_str(), server.parent_id.as_deref()), (t1.as_str(), Some(c0.as_str())));
+        assert_eq!(server.origin, Origin::Header);
+        let client = evs
+            .iter()
+            .find(|e| e.kind == PropKind::Client && e.remote.port() == s.down.port())
+            .unwrap_or_else(|| panic!("a client event towards down: {evs:#?}"));
+        assert!(client.injected);
+        assert_eq!(client.origin, Origin::Thread);
+        assert_eq!(client.span_id, c1);
+        assert_eq!(client.parent_id.as_deref(), Some(server.span_id.as_str()), "{evs:#?}");
+    }
+    assert_eq!(p.counter("inject_failed"), 0);
+    assert!(p.counter("injected") >= 6, "{:?}", p.counters());
+}
+
+#[test]
+fn an_existing_header_is_left_alone_and_continued() {
+    if !require::root("an_existing_header_is_left_alone_and_continued") {
+        return;
+    }
+    let _g = serial();
+    let cg = OwnCgroup::enter();
+    let s = setup();
+    let mut st = start(Mode::Headers, &cg, &s);
+    let p = &mut st.p;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let got = get(&s, &format!("traceparent: {tp}\r\n"));
+    assert_eq!(got.front.as_deref(), Some(tp), "left exactly as sent: {got:?}");
+    assert_eq!(got.front_count, 1);
+    let (t, c) = parts(got.down.as_deref().expect("down got one"));
+    assert_eq!(t, "4bf92f3577b34da6a3ce929d0e0e4736", "the trace is continued");
+    assert_ne!(c, "00f067aa0ba902b7");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let sent = events_of(p, PropKind::Client, Some(s.front.port()), None);
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    assert_eq!((sent[0].origin, sent[0].injected), (Origin::App, false));
+    assert_eq!(sent[0].span_id, "00f067aa0ba902b7", "its value is used");
+}
+
+#[test]
+fn malformed_incoming_headers_never_propagate() {
+    if !require::root("malformed_incoming_headers_never_propagate") {
+        return;
+    }
+    let _g = serial();
+    let cg = OwnCgroup::enter();
+    let s = setup();
+    let _p = start(Mode::Headers, &cg, &s);
+    for bad in [
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", // upper case
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01", // zero trace
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // version ff
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", // 00 with more
+    ] {
+        let got = get(&s, &format!("traceparent: {bad}\r\n"));
+        assert_eq!(got.front.as_deref(), Some(bad), "the bad header is not touched");
+        let (t, _) = parts(got.down.as_deref().expect("down gets a header"));
+        assert_ne!(t.to_lowercase(), "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}: restarted, not continued");
+        assert_ne!(t, "00000000000000000000000000000000");
+    }
+}
+
+#[test]
+fn disabled_ip_and_tcp_modes_insert_no_header() {
+    if !require::root("disabled_ip_and_tcp_modes_insert_no_header") {
+        return;
+    }
+    let _g = serial();
+    let cg = OwnCgroup::enter();
+    let s = setup();
+    let got = get(&s, "");
+    assert_eq!((got.front, got.down), (None, None), "nothing without propagation");
+    for mode in [Mode::Tcp, Mode::Ip] {
+        let mut st = start(mode, &cg, &s);
+        let p = &mut st.p;
+        let got = get(&s, "");
+        assert_eq!((got.front.as_deref(), got.down.as_deref()), (None, None), "{mode}: no header");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let sent = events_of(p, PropKind::Client, Some(s.down.port()), None);
+        assert!(!sent.is_empty() && sent.iter().all(|e| !e.injected), "{mode}: {sent:#?}");
+        drop(st);
+    }
+}
