@@ -14,6 +14,9 @@ pub struct Machine {
     pub clocksource: String,
     /// UTC, `YYYY-MM-DD HH:MM`.
     pub date: String,
+    /// /proc/loadavg's 1/5/15-minute load at the start: other work on a
+    /// shared machine is in every figure.
+    pub load: String,
 }
 
 impl Machine {
@@ -36,6 +39,7 @@ impl Machine {
             kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into()),
             clocksource: if clocksource.is_empty() { "unknown".into() } else { clocksource },
             date: utc_now(),
+            load: read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         }
     }
 }

@@ -134,6 +134,15 @@ struct AgentRun {
     events_time: Duration,
     lost: u64,
     decode_errors: u64,
+    /// CPU time of the consuming thread (poll, decode, spans).
+    consumer_cpu: Duration,
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| Duration::new(t.tv_sec().max(0) as u64, t.tv_nsec().clamp(0, 999_999_999) as u32))
+        .unwrap_or_default()
 }
 
 /// Batched injectors on both ends (the peer's optionally bypassing its qdisc).
@@ -214,6 +223,19 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
         )),
     );
     report.rows.push(
+        Row::ratio(
+            "agent consumer capacity (events per CPU-second)",
+            r.events as f64 / r.consumer_cpu.as_secs_f64().max(1e-9),
+            r.events as f64 / r.events_time.as_secs_f64().max(1e-9),
+            "events/s",
+        )
+        .note(format!(
+            "consuming thread: {:.2} s CPU over {:.2} s; baseline: the event rate it consumed; a ratio well above 1 means it waited for CPU or events, not that it could not decode fast enough",
+            r.consumer_cpu.as_secs_f64(),
+            r.events_time.as_secs_f64()
+        )),
+    );
+    report.rows.push(
         Row::value("events lost (ring buffer full)", r.lost as f64, "events")
             .target(Target::Zero)
             .note("CNT_EVENTS_LOST: bpf_ringbuf_output failed"),
@@ -237,6 +259,7 @@ fn agent_run(inj: &Senders<BatchInjector>, runs: &[(Side, Vec<&[u8]>)]) -> anyho
     let mut agent = Agent::start(config).context("start the agent on bdut")?;
     let (mut events, mut spans) = (0u64, 0u64);
     let started = Instant::now();
+    let cpu0 = thread_cpu();
     let mut last_event = Instant::now();
     let (sent, send_time) = std::thread::scope(|s| -> anyhow::Result<(u64, Duration)> {
         let sender = s.spawn(move || {
@@ -257,9 +280,10 @@ fn agent_run(inj: &Senders<BatchInjector>, runs: &[(Side, Vec<&[u8]>)]) -> anyho
         sender.join().map_err(|_| anyhow!("the sender thread panicked"))?.context("send frames")
     })?;
     let events_time = last_event.duration_since(started);
+    let consumer_cpu = thread_cpu().saturating_sub(cpu0);
     let lost = agent.events_lost().context("read the events-lost counter")?;
     let counters = agent.datapath().counters().context("read the datapath counters")?;
     let decode_errors = agent.decode_errors();
     agent.stop().context("detach the agent")?;
-    Ok(AgentRun { sent, send_time, seen: counters.get(Counter::Packets), events, spans, events_time, lost, decode_errors })
+    Ok(AgentRun { sent, send_time, seen: counters.get(Counter::Packets), events, spans, events_time, lost, decode_errors, consumer_cpu })
 }

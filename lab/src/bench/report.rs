@@ -143,12 +143,13 @@ impl Report {
     pub fn to_markdown(&self) -> String {
         let m = &self.machine;
         let mut out = format!(
-            "Machine: {} ({} cores, {:.0} GiB), kernel {}, clocksource {}\nDate: {}\nCommand: `{}`{}\n",
+            "Machine: {} ({} cores, {:.0} GiB), kernel {}, clocksource {}, load average {} at the start\nDate: {}\nCommand: `{}`{}\n",
             m.cpu,
             m.cores,
             m.memory_gib,
             m.kernel,
             m.clocksource,
+            m.load,
             m.date,
             self.command,
             if self.quick { " (quick: rough figures)" } else { "" }
