@@ -22,6 +22,7 @@ use crate::loader::{self, Datapath, DatapathConfig, EventTransport, Hook, LoadEr
 use crate::metrics::Metrics;
 use crate::otlp::{OtlpConfig, OtlpError, OtlpExporter};
 use crate::probe::KernelFeatures;
+use crate::propagation::{self, Propagation, PropagationConfig, link::Linker};
 use crate::span::{RandomIds, Span, SpanBuilder, WallClock};
 use crate::types::Counter;
 
@@ -50,6 +51,8 @@ pub struct AgentConfig {
     pub features: Option<KernelFeatures>,
     /// Export every span over OTLP/HTTP as well (see [`crate::otlp`]).
     pub otlp: Option<OtlpConfig>,
+    /// Context propagation (see [`crate::propagation`]); disabled by default.
+    pub propagation: PropagationConfig,
 }
 
 impl Default for AgentConfig {
@@ -64,6 +67,7 @@ impl Default for AgentConfig {
             dry_run_chain: false,
             features: None,
             otlp: None,
+            propagation: PropagationConfig::default(),
         }
     }
 }
@@ -74,6 +78,9 @@ pub enum AgentError {
     /// No device given.
     #[error("failed to start the agent: no interface given")]
     NoInterface,
+    /// Context propagation could not start.
+    #[error("failed to start context propagation: {0}")]
+    Propagation(#[from] propagation::PropagationError),
     /// TCX asked for on a kernel without it.
     #[error("failed to start the agent: backend tcx requested but this kernel ({kernel}) has no TCX (6.6+); use --backend netlink or auto")]
     NoTcx {
@@ -138,6 +145,8 @@ pub struct Agent {
     events: EventReader,
     spans: SpanBuilder,
     otlp: Option<OtlpExporter>,
+    propagation: Option<Propagation>,
+    linker: Linker,
     features: KernelFeatures,
     api: Api,
     warnings: Vec<String>,
@@ -201,7 +210,14 @@ impl Agent {
                 warnings.extend(chain::rules_before_attach(iface, api)?);
             }
         }
-        let (attachments, devices) = attach_all(&mut datapath, &config, api)?;
+        let (mut attachments, devices) = attach_all(&mut datapath, &config, api)?;
+        let propagation = if config.propagation.mode == propagation::Mode::Disabled {
+            None
+        } else {
+            let mut p = Propagation::start(&config.propagation)?;
+            attachments.extend(propagation::attach_classifiers(&mut p, &config.ifaces, api, config.priority, &devices)?);
+            Some(p)
+        };
         let ours: Vec<u32> = attachments.iter().map(|a| a.prog_id).collect();
         for iface in &config.ifaces {
             warnings.extend(chain::rules_after_attach(iface, &ours, config.dry_run_chain)?);
@@ -223,6 +239,8 @@ impl Agent {
             events,
             spans: SpanBuilder::new(Box::new(RandomIds)),
             otlp,
+            propagation,
+            linker: Linker::new(),
             features,
             api,
             warnings,
@@ -309,7 +327,17 @@ impl Agent {
     }
 
     fn spans_from(&mut self, events: &[Event]) -> Vec<Span> {
-        let spans: Vec<Span> = events.iter().flat_map(|e| self.spans.push_all(e)).collect();
+        // Propagation events are committed before the packets they
+        // describe reach TC: drained after those, they are never late.
+        if let Some(p) = &mut self.propagation {
+            for e in p.drain() {
+                self.linker.push(e);
+            }
+        }
+        let mut spans: Vec<Span> = events.iter().flat_map(|e| self.spans.push_all(e)).collect();
+        for s in &mut spans {
+            self.linker.apply(s);
+        }
         for s in &spans {
             self.metrics.inc_span(s.kind);
             if let Some(x) = &self.otlp {
@@ -317,6 +345,11 @@ impl Agent {
             }
         }
         spans
+    }
+
+    /// Context propagation, when a mode is on.
+    pub fn propagation(&self) -> Option<&Propagation> {
+        self.propagation.as_ref()
     }
 
     /// The OTLP exporter, when one is configured.

@@ -8,7 +8,7 @@
 //! included (it gets a new trace). Asserted: what each server really
 //! received on the wire, and the kernel's events (ids and parent links).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};

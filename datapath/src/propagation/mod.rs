@@ -383,3 +383,32 @@ fn attach_correlation(ebpf: &mut Ebpf) -> Result<(), PropagationError> {
     p.attach().map_err(prog_err(PROG_READ, "attach"))?;
     Ok(())
 }
+
+/// Attach the classifiers of `p` to both hooks of every device (the
+/// devices' states from the agent's own attach, so the clsact qdisc is
+/// shared): TCX at the head, in front of the agent's classifiers (ingress
+/// removes our IP option before anything else sees the packet); netlink at
+/// `priority + 1`, after them, with the agent's handle.
+///
+/// # Errors
+/// The first attach error (the attachments made before it are dropped,
+/// which detaches them).
+pub fn attach_classifiers(
+    p: &mut Propagation,
+    ifaces: &[String],
+    api: crate::attach::Api,
+    priority: u16,
+    devices: &[std::sync::Arc<crate::attach::DeviceState>],
+) -> Result<Vec<crate::attach::Attachment>, crate::attach::AttachError> {
+    use tclab_net::tc::Direction;
+    let mut out = Vec::new();
+    let priority = priority.saturating_add(1);
+    for (iface, device) in ifaces.iter().zip(devices) {
+        for (hook, dir) in [(Hook::Ingress, Direction::Ingress), (Hook::Egress, Direction::Egress)] {
+            if let Some(prog) = p.classifier_mut(hook) {
+                out.push(crate::attach::attach(prog, Propagation::classifier_name(hook), iface, dir, api, priority, device)?);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -7,7 +7,9 @@
 //! * [`chain`]: the three-service topology with the services as child
 //!   processes, `tclab testserver chain`;
 //! * [`http`]: the HTTP/1.1 subset they speak;
-//! * [`cgroup`]: per-service cgroup v2 folders (what the agent attaches to).
+//! * [`cgroup`]: per-service cgroup v2 folders (what the agent attaches to);
+//! * [`traced`]: the chain with one agent per service and a propagation
+//!   mode, its spans checked as one trace.
 //!
 //! The services never propagate trace context themselves (unless a service
 //! is told to forward it, standing for an SDK-instrumented application):
@@ -17,6 +19,7 @@ pub mod cgroup;
 pub mod chain;
 pub mod http;
 pub mod service;
+pub mod traced;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -78,6 +81,10 @@ pub enum TestserverCommand {
         /// Extra header on the client's requests, `Name: value`. Repeatable.
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+        /// Run one agent per service with this context propagation mode
+        /// (disabled, headers, tcp, ip, all) and print their span lines.
+        #[arg(long, env = "TCLAB_CONTEXT_PROPAGATION")]
+        propagation: Option<tclab_datapath::propagation::Mode>,
     },
 }
 
@@ -118,7 +125,7 @@ pub fn main(args: TestserverArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        TestserverCommand::Chain { requests, ipv6, headers } => {
+        TestserverCommand::Chain { requests, ipv6, headers, propagation } => {
             if !nix::unistd::geteuid().is_root() {
                 anyhow::bail!("tclab testserver chain needs root (network namespaces): sudo -E tclab testserver chain");
             }
@@ -126,12 +133,40 @@ pub fn main(args: TestserverArgs) -> anyhow::Result<ExitCode> {
             let exe = std::env::current_exe().context("failed to find the tclab binary")?;
             let mut opts = chain::ChainOptions::new(exe);
             opts.ipv6 = ipv6;
-            let chain = chain::Chain::start(&opts)?;
             let mut failed = false;
-            for _ in 0..requests {
-                let (status, doc) = chain.get(&extra)?;
-                failed |= status != 200;
-                println!("{status} {}", serde_json::to_string_pretty(&doc)?);
+            match propagation {
+                None => {
+                    let chain = chain::Chain::start(&opts)?;
+                    for _ in 0..requests {
+                        let (status, doc) = chain.get(&extra)?;
+                        failed |= status != 200;
+                        println!("{status} {}", serde_json::to_string_pretty(&doc)?);
+                    }
+                }
+                Some(mode) => {
+                    let backend = tclab_datapath::attach::Backend::Auto;
+                    let mut traced = traced::TracedChain::start(&opts, mode, backend)?;
+                    for (svc, c) in traced.correlation() {
+                        if let tclab_datapath::propagation::Correlation::Off(why) = c {
+                            eprintln!("{svc}: correlation off: {why}");
+                        }
+                    }
+                    for _ in 0..requests {
+                        let (status, _) = traced.chain.get(&extra)?;
+                        failed |= status != 200;
+                        let spans = traced.collect(traced::EXPECTED.len(), std::time::Duration::from_secs(5));
+                        for line in traced.beyla_lines(&spans) {
+                            println!("{line}");
+                        }
+                        match traced::check_one_trace(&spans, None) {
+                            Ok(()) => println!("one trace, {} spans, parents linked\n", spans.len()),
+                            Err(e) => {
+                                failed = true;
+                                println!("NOT one trace: {e:#}\n");
+                            }
+                        }
+                    }
+                }
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }

@@ -1,0 +1,184 @@
+//! The chain with one agent per service, as on three nodes each running
+//! the agent: each agent attaches to its service's devices (TC) and cgroup
+//! (socket programs), with a context propagation mode. What they report
+//! is checked as one trace ([`TraceCheck`]) and rendered with stable labels
+//! for snapshots ([`labelled`]).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tclab_datapath::agent::{Agent, AgentConfig};
+use tclab_datapath::attach::Backend;
+use tclab_datapath::probe::KernelFeatures;
+use tclab_datapath::propagation::{Correlation, Mode, PropagationConfig};
+use tclab_datapath::span::{Span, SpanKind};
+
+use super::chain::{Chain, ChainOptions};
+
+/// A span and the service whose agent reported it.
+#[derive(Debug, Clone)]
+pub struct Reported {
+    pub service: &'static str,
+    pub span: Span,
+}
+
+/// The chain and its agents. Agents are dropped (detached) before the
+/// chain's namespaces and cgroups go.
+pub struct TracedChain {
+    agents: Vec<(&'static str, Agent)>,
+    pub chain: Chain,
+    pub mode: Mode,
+}
+
+impl TracedChain {
+    /// Start the chain (with cgroups) and one agent per service.
+    ///
+    /// # Errors
+    /// Chain or agent start errors, naming the service.
+    pub fn start(opts: &ChainOptions, mode: Mode, backend: Backend) -> anyhow::Result<TracedChain> {
+        let mut opts = opts.clone();
+        opts.cgroups = true;
+        let chain = Chain::start(&opts)?;
+        let features = KernelFeatures::probe();
+        let mut agents = Vec::new();
+        for svc in &chain.services {
+            let cfg = AgentConfig {
+                ifaces: svc.ifaces.clone(),
+                backend,
+                service_name: svc.name.to_owned(),
+                features: Some(features.clone()),
+                propagation: PropagationConfig { mode, cgroup: svc.cgroup.clone(), sampled: true },
+                ..AgentConfig::default()
+            };
+            let agent = svc
+                .ns
+                .try_run(|| Agent::start(cfg))?
+                .with_context(|| format!("failed to start the agent of {}", svc.name))?;
+            agents.push((svc.name, agent));
+        }
+        Ok(TracedChain { agents, chain, mode })
+    }
+
+    /// Whether each agent correlates (a kernel or lockdown may refuse it).
+    pub fn correlation(&self) -> Vec<(&'static str, Correlation)> {
+        self.agents
+            .iter()
+            .map(|(n, a)| (*n, a.propagation().map_or(Correlation::Off("disabled".into()), |p| p.correlation().clone())))
+            .collect()
+    }
+
+    /// Poll every agent until `want` spans arrived or `timeout` passed.
+    pub fn collect(&mut self, want: usize, timeout: Duration) -> Vec<Reported> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < want && Instant::now() < deadline {
+            for (name, agent) in &mut self.agents {
+                for span in agent.poll_spans(Duration::from_millis(20)) {
+                    out.push(Reported { service: name, span });
+                }
+            }
+        }
+        out.sort_by_key(|r| r.span.request_start_ns);
+        out
+    }
+
+    /// Beyla lines, as each agent prints them.
+    pub fn beyla_lines(&self, spans: &[Reported]) -> Vec<String> {
+        let clock = self.agents.first().map(|(_, a)| *a.clock());
+        spans
+            .iter()
+            .map(|r| match &clock {
+                Some(c) => r.span.beyla_line(c, r.service),
+                None => String::new(),
+            })
+            .collect()
+    }
+
+    /// Kernel counters of each agent's propagation programs.
+    pub fn counters(&self) -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
+        self.agents
+            .iter()
+            .filter_map(|(n, a)| Some((*n, a.propagation()?.counters().ok()?)))
+            .collect()
+    }
+}
+
+/// The five spans one request through the chain should give, in order:
+/// (service, kind, path).
+pub const EXPECTED: [(&str, SpanKind, &str); 5] = [
+    ("frontend", SpanKind::Server, "/traceme"),
+    ("frontend", SpanKind::Client, "/tracemetoo"),
+    ("backend", SpanKind::Server, "/tracemetoo"),
+    ("backend", SpanKind::Client, "/users"),
+    ("worker", SpanKind::Server, "/users"),
+];
+
+/// Check that the spans of one request form one trace with the right
+/// parent links: each span's parent is the span before it (the first one's
+/// is `root_parent`: the caller's span, or none).
+///
+/// # Errors
+/// What is wrong, with the spans.
+pub fn check_one_trace(spans: &[Reported], root_parent: Option<&str>) -> anyhow::Result<()> {
+    let show = || spans.iter().map(|r| format!("{} {}", r.service, r.span.snapshot_line())).collect::<Vec<_>>().join("\n");
+    if spans.len() != EXPECTED.len() {
+        bail!("expected {} spans, got {}:\n{}", EXPECTED.len(), spans.len(), show());
+    }
+    let trace = &spans[0].span.trace_id;
+    let mut parent = root_parent.map(str::to_owned);
+    for (r, (svc, kind, path)) in spans.iter().zip(EXPECTED) {
+        if (r.service, r.span.kind, r.span.path.as_str()) != (svc, kind, path) {
+            bail!("expected {svc} {kind:?} {path}, got {} {:?} {}:\n{}", r.service, r.span.kind, r.span.path, show());
+        }
+        if &r.span.trace_id != trace {
+            bail!("{svc} {path}: trace {} is not {trace}:\n{}", r.span.trace_id, show());
+        }
+        if r.span.parent_id != parent {
+            bail!("{svc} {kind:?} {path}: parent {:?}, expected {parent:?}:\n{}", r.span.parent_id, show());
+        }
+        parent = Some(r.span.span_id.clone());
+    }
+    Ok(())
+}
+
+/// Lines without timestamps and random ids: ids become labels in order of
+/// appearance (`T1`, `S1`…), ports of clients `*`.
+pub fn labelled(spans: &[Reported], known: &[(&str, &str)]) -> Vec<String> {
+    let mut labels: HashMap<String, String> = known.iter().map(|(id, l)| ((*id).to_owned(), (*l).to_owned())).collect();
+    let (mut traces, mut ids) = (0, 0);
+    let mut label = |id: &str, trace: bool| -> String {
+        if let Some(l) = labels.get(id) {
+            return l.clone();
+        }
+        let l = if trace {
+            traces += 1;
+            format!("T{traces}")
+        } else {
+            ids += 1;
+            format!("S{ids}")
+        };
+        labels.insert(id.to_owned(), l.clone());
+        l
+    };
+    spans
+        .iter()
+        .map(|r| {
+            let s = &r.span;
+            let trace = label(&s.trace_id, true);
+            let span = label(&s.span_id, false);
+            let parent = s.parent_id.as_deref().map_or("-".to_owned(), |p| label(p, false));
+            format!(
+                "{:<8} {:<10} {} {} {} [{}:*]->[{}] traceparent=[00-{trace}-{span}[{parent}]-{:02x}]",
+                r.service,
+                s.kind.beyla_type(),
+                s.status,
+                s.method,
+                s.path,
+                s.client.ip(),
+                s.server,
+                s.flags
+            )
+        })
+        .collect()
+}
