@@ -123,6 +123,16 @@ enum Command {
         /// Skip the load-only dry run.
         #[arg(long)]
         no_load: bool,
+        /// Also dry-run on these cached kernels in QEMU (`5.10,6.1,6.12` or
+        /// `all`): which kernels' verifiers accept each program.
+        #[arg(long, value_delimiter = ',')]
+        kernel: Vec<String>,
+        /// Lockdown modes for --kernel (default: none).
+        #[arg(long, value_delimiter = ',')]
+        lockdown: Vec<String>,
+        /// Kernel manifest folder.
+        #[arg(long, default_value = "kernels")]
+        manifests: PathBuf,
     },
 }
 
@@ -207,14 +217,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run(args),
         Command::Merge { reports, report } => merge(&reports, &report),
-        Command::Inspect { object, output, no_load } => {
-            let report = tclab_lab::byo::inspect(&object, !no_load)?;
-            match output {
-                Output::Table => print!("{}", report.text()),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-            }
-            let rejected = report.dry_run.iter().any(|d| matches!(d.load, tclab_lab::byo::LoadCheck::Rejected { .. }));
-            Ok(if rejected { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        Command::Inspect { object, output, no_load, kernel, lockdown, manifests } => {
+            inspect(&object, output, no_load, &kernel, &lockdown, &manifests)
         }
         Command::Replay { pcap, local, chain, output } => replay(&pcap, &local, &chain, output),
         Command::Review { snapshots, accept, reject } => review(&snapshots, accept, reject),
@@ -341,6 +345,41 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let failed = outcomes.iter().any(ScenarioOutcome::failed) || cells.iter().any(|c| c.failure.is_some());
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// `tclab inspect`: the object's facts and dry run here, and on each
+/// `--kernel` in QEMU. Exits 1 when any kernel rejects a program.
+fn inspect(
+    object: &Path,
+    output: Output,
+    no_load: bool,
+    kernels: &[String],
+    lockdowns: &[String],
+    manifests: &Path,
+) -> anyhow::Result<ExitCode> {
+    let report = tclab_lab::byo::inspect(object, !no_load)?;
+    let targets = if kernels.is_empty() {
+        None
+    } else {
+        let t = Targets::resolve(kernels, lockdowns, manifests)?;
+        let _signals = tclab_lab::interrupt::install().context("failed to install the SIGINT/SIGTERM handler")?;
+        Some(matrix::dry_run::run(object, &t.kernels, &t.lockdowns, tclab_lab::vm::default_jobs(), None))
+    };
+    match output {
+        Output::Table => {
+            print!("{}", report.text());
+            if let Some(runs) = &targets {
+                print!("{}", matrix::dry_run::table(runs));
+            }
+        }
+        Output::Json => {
+            let doc = serde_json::json!({ "object": report, "kernels": targets });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+    }
+    let rejected = report.dry_run.iter().any(|d| matches!(d.load, tclab_lab::byo::LoadCheck::Rejected { .. }))
+        || targets.iter().flatten().any(|r| !r.all_load());
+    Ok(if rejected { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// Where `tclab run` runs: the host kernel and/or QEMU cells.

@@ -167,3 +167,49 @@ fn tclab_run_rejects_unknown_kernels_and_lockdown_modes_before_booting() {
     let e = run(&["--lockdown", "integrity"]);
     assert!(e.contains("--lockdown applies to QEMU kernels"), "{e}");
 }
+
+/// A foreign object that calls `bpf_loop` (5.17+): the 5.10 cell fails with
+/// the verifier's reason, the 6.1 cell runs it; the cells are independent.
+#[test]
+fn an_object_using_a_helper_a_kernel_lacks_fails_only_that_kernel_with_the_verifier_reason() {
+    let test = "an_object_using_a_helper_a_kernel_lacks";
+    let (Some(k510), Some(k61)) = (kernel(test, "5.10"), kernel(test, "6.1")) else { return };
+    let file = workspace().join("fixtures/byo/byo-bpf-loop.toml");
+    let scenario = tclab_lab::scenario::load_scenario(&file).expect("fixture scenario loads");
+    let snapshots = tempfile::tempdir().expect("tempdir");
+    let mut opts = MatrixOptions::new(vec![k510, k61], vec![LockdownMode::None], SnapshotStore::new(snapshots.path()));
+    opts.writes = PendingWrites::Never;
+    opts.init = Some(InitSpec { exe: tclab(), args: Vec::new() });
+    let cells = matrix::run(std::slice::from_ref(&scenario), &opts, |_| {}).expect("matrix runs");
+    let verdict = |kernel: &str| {
+        let cell = cells.iter().find(|c| c.kernel == kernel).expect("cell reported");
+        assert!(cell.failure.is_none(), "cell {} itself failed: {:?}", cell.label(), cell.failure);
+        cell.outcomes.iter().find(|o| o.scenario == scenario.name).expect("scenario reported").status.clone()
+    };
+    let Status::Failed(reasons) = verdict("5.10") else { panic!("5.10 should reject bpf_loop: {:?}", verdict("5.10")) };
+    let text = reasons.join("\n");
+    assert!(text.contains("looper") && text.contains("verifier"), "names the entry and the verifier's reason:\n{text}");
+    assert_eq!(verdict("6.1"), Status::Passed);
+}
+
+/// `tclab inspect --kernel`: a load-only dry run of each program per kernel.
+#[test]
+fn inspect_dry_runs_an_object_on_each_kernel() {
+    let Some(_) = kernel("inspect_dry_runs", "5.10") else { return };
+    let out = Command::new(tclab())
+        .current_dir(workspace())
+        .args(["inspect", "fixtures/byo/loop_count.o", "--kernel", "5.10,6.1", "--output", "json"])
+        .output()
+        .expect("tclab runs");
+    assert_eq!(out.status.code(), Some(1), "a kernel rejects a program: exit 1\n{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let load = |kernel: &str| {
+        let cell = doc["kernels"].as_array().expect("kernels").iter().find(|k| k["kernel"] == kernel).expect("cell");
+        cell["programs"][0]["load"].clone()
+    };
+    let on_510 = load("5.10");
+    assert_eq!(on_510["status"], "rejected", "{on_510}");
+    assert!(!on_510["verifier"].as_array().expect("verifier lines").is_empty(), "{on_510}");
+    let on_61 = load("6.1");
+    assert_eq!(on_61["status"], "loads", "{on_61}");
+}

@@ -10,6 +10,7 @@
 //! snapshot (`capabilities@<kernel>+<lockdown>.snap`).
 
 pub mod capabilities;
+pub mod dry_run;
 pub mod payload;
 pub mod work;
 

@@ -17,6 +17,9 @@ use crate::snapshot::{PendingWrites, SnapshotStore};
 /// The name of the result record carrying one scenario.
 pub const SCENARIO_RECORD: &str = "scenario";
 
+/// The name of the result record carrying an object's load-only dry run.
+pub const DRY_RUN_RECORD: &str = "dry_run";
+
 /// The `work` of a matrix cell's request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -26,6 +29,12 @@ pub enum GuestWork {
         /// The matrix name of the kernel ("5.10"), for kernel selectors.
         kernel: String,
         files: Vec<String>,
+    },
+    /// Load each program of a BPF object alone (nothing attached) and report
+    /// what the verifier said (`tclab inspect --kernel`).
+    DryRun {
+        /// Guest path of the object.
+        object: String,
     },
 }
 
@@ -47,9 +56,23 @@ pub fn run_in_guest(request: &GuestRequest, sink: &mut Sink) -> anyhow::Result<(
     }
     let work: GuestWork = serde_json::from_value(request.work.clone())
         .map_err(|e| anyhow::anyhow!("failed to decode the matrix work: {e}"))?;
-    let GuestWork::Scenarios { kernel, files } = work;
+    match work {
+        GuestWork::Scenarios { kernel, files } => run_scenarios(&kernel, &files, sink),
+        GuestWork::DryRun { object } => {
+            let checks = crate::byo::dry_run(Path::new(&object)).map_err(|e| e.to_string());
+            let data = match &checks {
+                Ok(programs) => serde_json::json!({ "programs": programs }),
+                Err(error) => serde_json::json!({ "error": error }),
+            };
+            sink.result(DRY_RUN_RECORD, data);
+        }
+    }
+    Ok(())
+}
+
+fn run_scenarios(kernel: &str, files: &[String], sink: &mut Sink) {
     let opts = RunOptions {
-        kernel: KernelContext::probe_running(&kernel),
+        kernel: KernelContext::probe_running(kernel),
         // Unused in the guest: judging happens on the host.
         snapshots: SnapshotStore::new(crate::guest::PAYLOAD_DIR),
         writes: PendingWrites::Never,
@@ -67,5 +90,4 @@ pub fn run_in_guest(request: &GuestRequest, sink: &mut Sink) -> anyhow::Result<(
             Err(e) => sink.error("encode scenario record", format!("{file}: {e}")),
         }
     }
-    Ok(())
 }
