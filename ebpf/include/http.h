@@ -158,22 +158,21 @@ static __always_inline void http_carry_store(struct tclab_scratch *s)
 #define SCAN_GET(field) (*(volatile __u32 *)&(field))
 #define SCAN_SET(field, v) (*(volatile __u32 *)&(field) = (v))
 
-/* Record one line start at pos when `has` is 1 (branch-free: the store
- * always happens, to the next free slot or to the sink slots past
- * TCLAB_HTTP_MAX_LINES, and only the count moves). */
-static __always_inline __u64 __http_line_start(struct http_scan *sc, __u64 n, __u64 pos, __u64 has)
+/* Index (0..7) of the first byte flagged in a non-zero swar_eq() mask. */
+static __always_inline __u64 __http_first(__u64 mask)
 {
-	sc->lines[n & (2 * TCLAB_HTTP_MAX_LINES - 1)] = pos;
-	return n + (has & ((n - TCLAB_HTTP_MAX_LINES) >> 63));
+	/* (256^k * 0x0001020304050607) has k in its top byte */
+	return (((mask & -mask) >> 7) * 0x0001020304050607ULL) >> 56;
 }
 
 /* Record the position after every LF in the first TCLAB_HTTP_SCAN bytes,
  * eight bytes at a time: a word without LF (most) costs a few
- * instructions; in a word with LF the first two are recorded branch-free.
- * A third LF within 8 bytes means lines of at most two characters, which a
- * header block cannot have before its end (the blank line is the second
- * LF of "\r\n\r\n"). The count lives in map memory between words so that
- * the loop's exits all look alike to the verifier. */
+ * instructions, a word with one LF a few more; a second LF in the word
+ * ("\r\n\r\n") is recorded on its own branch. A third LF within 8 bytes
+ * means lines of at most two characters, which a header block cannot have
+ * before its end (the blank line is the second LF of "\r\n\r\n"). The
+ * count lives in map memory between words so that the loop's exits all
+ * look alike to the verifier; the scan stops when the table is full. */
 static __always_inline void http_scan_lines(struct tclab_scratch *s)
 {
 	struct http_scan *sc = &s->scan;
@@ -183,19 +182,24 @@ static __always_inline void http_scan_lines(struct tclab_scratch *s)
 #pragma clang loop unroll(disable)
 	for (w = 0; w < TCLAB_HTTP_SCAN / 8; w++) {
 		__u32 base = w * 8;
-		__u64 nl, nl2, n;
+		__u64 nl, nl2;
+		__u32 n;
 
 		if (base >= limit)
 			break;
 		nl = swar_eq(swar_load(SCAN_BUF(s) + base), '\n');
 		if (!nl)
 			continue;
-		nl2 = nl & (nl - 1); /* without the first LF */
 		n = SCAN_GET(sc->nlines);
-		n = __http_line_start(sc, n, base + 1 + swar_leading(~nl & SWAR_HIGH), 1);
-		n = __http_line_start(sc, n, base + 1 + swar_leading(~nl2 & SWAR_HIGH),
-				      1 ^ bf_is_zero(nl2 >> 7));
-		SCAN_SET(sc->nlines, n);
+		if (n > TCLAB_HTTP_MAX_LINES - 2)
+			break;
+		sc->lines[n] = base + 1 + __http_first(nl);
+		nl2 = nl & (nl - 1); /* without the first LF */
+		if (nl2) {
+			sc->lines[n + 1] = base + 1 + __http_first(nl2);
+			n++;
+		}
+		SCAN_SET(sc->nlines, n + 1);
 	}
 }
 

@@ -35,11 +35,20 @@ static __always_inline __u64 tp_cls(__u8 c, __u32 bit_shift)
 	return (tp_class[c] >> bit_shift) & 1;
 }
 
-/* Skip at most TP_MAX_OWS spaces/tabs from buffer position v. */
+/* Skip at most TP_MAX_OWS spaces/tabs from buffer position v. The usual
+ * cases (no space, one space) are tested first: they skip the two-word
+ * count (a third of the validation's instructions). */
 static __always_inline __u32 tp_skip_ows(const struct tclab_scratch *s, __u32 v)
 {
-	__u64 n = swar_leading(swar_ows(swar_load(SCAN_BUF(s) + (v & TCLAB_POS_MASK))));
-	__u64 n2 = swar_leading(swar_ows(swar_load(SCAN_BUF(s) + ((v + 8) & TCLAB_POS_MASK))));
+	const __u8 *p = SCAN_BUF(s) + (v & TCLAB_POS_MASK);
+	__u64 n, n2;
+
+	if (p[0] != ' ' && p[0] != '\t')
+		return v;
+	if (p[1] != ' ' && p[1] != '\t')
+		return v + 1;
+	n = swar_leading(swar_ows(swar_load(p)));
+	n2 = swar_leading(swar_ows(swar_load(SCAN_BUF(s) + ((v + 8) & TCLAB_POS_MASK))));
 
 	/* the second word counts only if the first was all OWS */
 	return v + n + (n2 & -bf_is_zero(n ^ 8));
