@@ -343,6 +343,10 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.review {
         review(&args.snapshots, false, false)?;
     }
+    // An interrupted run did not run everything: never report it as a pass.
+    if let Some(code) = tclab_lab::interrupt::exit_code() {
+        return Ok(ExitCode::from(code));
+    }
     let failed = outcomes.iter().any(ScenarioOutcome::failed) || cells.iter().any(|c| c.failure.is_some());
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

@@ -274,3 +274,23 @@ fn cilium_like_entries_are_validated_with_file_line_and_column() {
     }
     assert!(errors(&with_program(r#"{ foreign = "acme_tc_filter", behaviour = "drop" }"#, "both")).is_empty());
 }
+
+/// A refusal nobody asked about must not pass: with the snapshot off and no
+/// `agent_error_contains`, the scenario fails and says why.
+#[test]
+fn an_unexpected_refusal_without_snapshot_or_check_fails_the_scenario() {
+    if !ready("chain_rules::an_unexpected_refusal_without_snapshot_or_check", false) {
+        return;
+    }
+    let src = std::fs::read_to_string(workspace().join("scenarios/chain-cilium-prio1-agent-refused.toml")).expect("read");
+    let (head, _) = src.split_once("[expect]").expect("the scenario has an [expect] table");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("refused-unchecked.toml");
+    let fixtures = workspace().join("fixtures");
+    let text = format!("{head}[expect]\nsnapshot = false\n").replace("../fixtures", &fixtures.display().to_string());
+    std::fs::write(&path, text).expect("write");
+    let s = scenario::load_scenario(&path).unwrap_or_else(|e| panic!("{e}"));
+    let outcome = tclab_lab::runner::run_one(&s, &opts());
+    let tclab_lab::runner::Status::Failed(reasons) = &outcome.status else { panic!("{:?}", outcome.status) };
+    assert!(reasons.iter().any(|r| r.contains("the agent refused to start") && r.contains("expects nothing")), "{reasons:?}");
+}

@@ -769,6 +769,8 @@ fn runs_interrupted_by_sigint_or_sigterm_leave_nothing() {
                 let (passed, failed, skipped) = summary_counts(&done.stdout)
                     .unwrap_or_else(|| panic!("{action:?}: no summary ({:?}):\n{}\n{}", done.status, done.stdout, done.stderr));
                 assert!(passed + failed + skipped < scenario_count(), "{action:?}: the run did not stop early:\n{}", done.stdout);
+                // An interrupted run is never reported as a pass: 128 + signal.
+                assert_eq!(done.status.code(), Some(128 + sig as i32), "{action:?}: exit code:\n{}", done.stderr);
             }
             eprintln!("{sig:?} after {ms} ms: {:?} after {:?}", done.status, done.elapsed);
         }

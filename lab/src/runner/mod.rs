@@ -192,6 +192,15 @@ fn judge_result(scenario: &Scenario, opts: &RunOptions, mut result: ScenarioResu
     result.checks = checks::evaluate(&scenario.expect, &result);
     let mut reasons: Vec<String> =
         result.failed_checks().map(|c| format!("check {}: {}", c.check, c.detail)).collect();
+    // Without a snapshot, only `agent_error_contains` can say a refusal is expected.
+    if let report::AgentOutcome::Refused { error } = &result.agent
+        && !scenario.expect.snapshot
+        && scenario.expect.agent_error_contains.is_none()
+    {
+        reasons.push(format!(
+            "the agent refused to start ({error}) and the scenario expects nothing about it (no snapshot, no agent_error_contains)"
+        ));
+    }
     if scenario.expect.snapshot {
         match snapshot(scenario, opts, &result) {
             Ok(SnapshotOutcome::Matched { path }) => out.snapshot = Some(path),

@@ -50,7 +50,7 @@ pub(crate) fn validate_chain(
         });
     }
     check_order_refs(cx, raw, &out, agent);
-    check_netlink_clashes(cx, raw, &out);
+    check_netlink_clashes(cx, raw, &out, agent);
     for (span, message) in crate::byo::spec::check_reuse(&out) {
         cx.err(span, message);
     }
@@ -486,22 +486,25 @@ fn find_cycle(chain: &[ChainEntry]) -> Option<Vec<String>> {
     None
 }
 
-fn check_netlink_clashes(cx: &mut Ctx, raw: &[RawChainEntry], chain: &[ChainEntry]) {
+fn check_netlink_clashes(cx: &mut Ctx, raw: &[RawChainEntry], chain: &[ChainEntry], agent: &AgentSettings) {
     let mut seen: BTreeMap<(u16, u32, Direction), &str> = BTreeMap::new();
     for e in chain {
-        let Attach::Netlink { priority, handle } = e.attach else {
-            continue;
+        let (priority, handle) = match e.attach {
+            Attach::Netlink { priority, handle } => (priority, handle),
+            // The agent on netlink takes its own fixed handle at [agent].priority
+            // on every kernel, so a clash with it is known before running.
+            Attach::AgentDecides if agent.backend == Backend::Netlink => (agent.priority, AGENT_NETLINK_HANDLE),
+            _ => continue,
         };
         // One error per entry, even when it clashes on both hooks.
         for hook in e.direction.hooks() {
             if let Some(first) = seen.insert((priority, handle, *hook), &e.name) {
-                let span = raw
-                    .iter()
-                    .find(|r| *r.name.get_ref() == e.name)
-                    .and_then(|r| r.attach.as_ref())
-                    .map_or(0..0, |a| a.span());
+                let entry = raw.iter().find(|r| *r.name.get_ref() == e.name);
+                let span = entry
+                    .and_then(|r| r.attach.as_ref().map(|a| a.span()).or_else(|| Some(r.name.span())))
+                    .unwrap_or(0..0);
                 cx.err(span, format!(
-                    "`{}` and `{first}` are both netlink priority {priority} handle {handle} on {hook:?}: the kernel refuses the second (EEXIST); expected a different priority or handle",
+                    "`{}` and `{first}` are both netlink priority {priority} handle {handle:#x} on {hook:?}: the kernel refuses the second (EEXIST); expected a different priority or handle",
                     e.name
                 ).to_lowercase_dir());
                 break;

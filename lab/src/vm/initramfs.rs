@@ -63,7 +63,7 @@ pub struct BaseImage {
 /// Write [`base_archive`] to a temporary file.
 pub fn write_base(init_exe: &Path, kernel: &CachedKernel) -> Result<BaseImage, VmError> {
     let dir = tempfile::Builder::new()
-        .prefix("tclab-initrd-")
+        .prefix(&super::tempdirs::prefix("tclab-initrd-"))
         .tempdir()
         .map_err(|source| VmError::Io { op: "create a temporary folder in", path: std::env::temp_dir(), source })?;
     let path = dir.path().join("base.cpio");

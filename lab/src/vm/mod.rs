@@ -13,6 +13,7 @@ pub mod elfdeps;
 pub mod initramfs;
 pub mod qemu;
 pub mod strip;
+pub mod tempdirs;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -245,7 +246,7 @@ pub fn run_cell(spec: &CellSpec) -> Result<CellOutcome, VmError> {
 pub fn run_cell_on(spec: &CellSpec, base: &initramfs::BaseImage) -> Result<CellOutcome, VmError> {
     let init = init_of(spec)?;
     let dir = tempfile::Builder::new()
-        .prefix("tclab-vm-")
+        .prefix(&tempdirs::prefix("tclab-vm-"))
         .tempdir()
         .map_err(|source| VmError::Io { op: "create a temporary folder in", path: std::env::temp_dir(), source })?;
     let initrd = dir.path().join("initrd.cpio");
@@ -359,6 +360,10 @@ pub fn run_cells_with(
 ) -> Vec<Result<CellOutcome, VmError>> {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    // A run killed with SIGKILL could not remove its folders: do it now.
+    for path in tempdirs::remove_stale(&std::env::temp_dir()) {
+        tracing::info!(path = %path.display(), "removed a dead run's folder");
+    }
     let bases: BaseCache = Mutex::default();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<CellOutcome, VmError>>>> =
