@@ -591,3 +591,19 @@ fn unreadable_file_is_a_file_level_error() {
         "{err}"
     );
 }
+
+/// Names the kernel's dev_valid_name() refuses are refused before running.
+#[rstest]
+#[case::colon("dut:0")]
+#[case::too_long("a-very-long-name0")]
+#[case::dot(".")]
+#[case::tab("du\tt")]
+fn interface_names_the_kernel_refuses_are_errors(#[case] name: &str) {
+    let src = format!("{BASE}\n[topology.device]\nname = {}\n", toml_string(name));
+    let err = one_error(&src);
+    assert!(err.contains("invalid interface name") && err.contains("`:`"), "{err}");
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\t', "\\t"))
+}

@@ -219,15 +219,22 @@ fn endpoint(cx: &mut Ctx, raw: &RawEndpoint, name: &str, host: u8) -> Endpoint {
         )),
     };
     if let Some(n) = &raw.name {
-        let ok =
-            !n.get_ref().is_empty() && n.get_ref().len() <= 15 && !n.get_ref().contains(['/', ' ']);
+        // The kernel's dev_valid_name(): 1 to 15 bytes, not `.` or `..`,
+        // no `/`, `:` or whitespace.
+        let name = n.get_ref();
+        let ok = !name.is_empty()
+            && name.len() <= 15
+            && name != "."
+            && name != ".."
+            && !name.contains(['/', ':'])
+            && !name.chars().any(char::is_whitespace);
         if ok {
             ep.name = n.get_ref().clone();
         } else {
             cx.err(
                 n.span(),
                 format!(
-                    "invalid interface name `{}`, expected 1 to 15 characters without `/` or spaces",
+                    "invalid interface name `{}`, expected 1 to 15 characters without `/`, `:` or spaces (not `.` or `..`)",
                     n.get_ref()
                 ),
             );
