@@ -653,6 +653,7 @@ int tclab_prop_egress(struct __sk_buff *skb)
 	struct prop_key key;
 	struct prop_ctx c, *out;
 
+	prop_count(PC_TC_PACKETS);
 	if (!(tclab_prop_mode & PROP_M_IP) || !prop_parse_l3(skb, &p))
 		return TC_ACT_UNSPEC;
 	if (p.family == TCLAB_AF_INET6 && p.nexthdr != IPPROTO_TCP)
@@ -738,6 +739,7 @@ int tclab_prop_ingress(struct __sk_buff *skb)
 	struct prop_ctx c, opt;
 	int has_opt = 0, status, fresh;
 
+	prop_count(PC_TC_PACKETS);
 	if (!prop_parse_l3(skb, &p))
 		return TC_ACT_UNSPEC;
 	__builtin_memset(&opt, 0, sizeof(opt));

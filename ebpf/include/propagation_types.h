@@ -92,6 +92,7 @@ enum prop_counter {
 	PC_TCP_WRITTEN,          /* TCP options written */
 	PC_TCP_READ,             /* TCP options read */
 	PC_EVENTS_LOST,
+	PC_TC_PACKETS,           /* packets the TC classifiers saw */
 	PC_MAX,
 };
 

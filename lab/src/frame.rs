@@ -1,5 +1,7 @@
 //! One Ethernet frame, summarised for a snapshot: 5-tuple, TCP flags, lengths,
-//! whether it carries a traceparent header, and whether its checksums are valid.
+//! whether it carries a traceparent header, its IP options (the propagation
+//! option decoded, see docs/propagation.md), and whether its checksums are
+//! valid.
 //!
 //! Checksums are verified from first principles (RFC 1071 one's-complement sum
 //! over the pseudo-header and segment), independently of the datapath's code,
@@ -31,6 +33,10 @@ pub struct FrameSummary {
     /// IPv4 header and TCP/UDP/ICMP checksums; `None` when the frame has none
     /// to check (non-IP) or is truncated.
     pub checksums_ok: Option<bool>,
+    /// IPv4 options / IPv6 destination options, in order: tclab's trace
+    /// context as `tclab:00-<trace>-<span>-<flags>`, others by type.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ip_options: Vec<String>,
 }
 
 impl fmt::Display for FrameSummary {
@@ -51,6 +57,9 @@ impl fmt::Display for FrameSummary {
         }
         if self.traceparent {
             write!(f, " traceparent")?;
+        }
+        if !self.ip_options.is_empty() {
+            write!(f, " ipopt=[{}]", self.ip_options.join(","))?;
         }
         match self.checksums_ok {
             Some(true) => write!(f, " csum=ok"),
@@ -73,6 +82,7 @@ pub fn summarize(frame: &[u8]) -> FrameSummary {
         payload_len: 0,
         traceparent: false,
         checksums_ok: None,
+        ip_options: Vec::new(),
     };
     let packet = match SlicedPacket::from_ethernet(frame) {
         Ok(p) => p,
@@ -93,6 +103,7 @@ pub fn summarize(frame: &[u8]) -> FrameSummary {
         NetSlice::Ipv4(v4) => {
             let h = v4.header();
             summary.proto = "IPv4".into();
+            summary.ip_options = ipv4_options(h.options());
             (
                 IpAddr::from(h.source_addr()),
                 IpAddr::from(h.destination_addr()),
@@ -102,6 +113,9 @@ pub fn summarize(frame: &[u8]) -> FrameSummary {
         NetSlice::Ipv6(v6) => {
             let h = v6.header();
             summary.proto = "IPv6".into();
+            if u8::from(h.next_header()) == IPPROTO_DSTOPTS {
+                summary.ip_options = ipv6_dest_options(v6.extensions().slice());
+            }
             (IpAddr::from(h.source_addr()), IpAddr::from(h.destination_addr()), true)
         }
     };
@@ -112,6 +126,78 @@ pub fn summarize(frame: &[u8]) -> FrameSummary {
         describe_transport(&mut summary, transport, net, src, dst, ip_ok);
     }
     summary
+}
+
+const IPPROTO_DSTOPTS: u8 = 60;
+/// The propagation option's marker byte (docs/propagation.md).
+const PROP_MARKER: u8 = 0x7c;
+
+/// tclab's trace context: marker, flags, 16-byte trace id, 8-byte span id.
+fn tclab_context(data: &[u8]) -> Option<String> {
+    if data.len() != 26 || data[0] != PROP_MARKER {
+        return None;
+    }
+    Some(format!("tclab:00-{}-{}-{:02x}", hex::encode(&data[2..18]), hex::encode(&data[18..26]), data[1]))
+}
+
+/// IPv4 options (type, length, data), up to End of Options.
+fn ipv4_options(opts: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => break,
+            1 => i += 1,
+            t => {
+                let Some(&len) = opts.get(i + 1) else {
+                    out.push(format!("0x{t:02x}:truncated"));
+                    break;
+                };
+                let len = usize::from(len);
+                if len < 2 || i + len > opts.len() {
+                    out.push(format!("0x{t:02x}:bad-length"));
+                    break;
+                }
+                let data = &opts[i + 2..i + len];
+                out.push(match (t, tclab_context(data)) {
+                    (0x9e, Some(c)) => c,
+                    _ => format!("0x{t:02x}/{len}"),
+                });
+                i += len;
+            }
+        }
+    }
+    out
+}
+
+/// The options of the first IPv6 destination options header (at the start
+/// of `exts`), padding left out.
+fn ipv6_dest_options(exts: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(&hlen) = exts.get(1) else { return out };
+    let end = (usize::from(hlen) + 1) * 8;
+    let Some(body) = exts.get(2..end) else { return vec!["truncated".into()] };
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            0 => i += 1,
+            t => {
+                let Some(&len) = body.get(i + 1) else { break };
+                let len = usize::from(len);
+                let Some(data) = body.get(i + 2..i + 2 + len) else {
+                    out.push(format!("0x{t:02x}:bad-length"));
+                    break;
+                };
+                match (t, tclab_context(data)) {
+                    (1, _) => {}
+                    (0x1e, Some(c)) => out.push(c),
+                    _ => out.push(format!("0x{t:02x}/{len}")),
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    out
 }
 
 fn non_ip_name(packet: &SlicedPacket<'_>) -> String {
@@ -317,6 +403,54 @@ mod tests {
     fn request_line_is_not_a_traceparent_header() {
         assert!(!has_traceparent_header(b"traceparent: x\r\n"));
         assert!(has_traceparent_header(b"GET / HTTP/1.1\r\ntraceparent: x\r\n"));
+    }
+
+    /// Our 26 bytes of option data: marker, flags, trace id, span id.
+    fn context_bytes() -> Vec<u8> {
+        let mut d = vec![0x7c, 0x01];
+        d.extend_from_slice(&[0xab; 16]);
+        d.extend_from_slice(&[0xcd; 8]);
+        d
+    }
+
+    #[test]
+    fn the_ipv4_propagation_option_is_shown_and_checked() {
+        let mut frame = tcp_frame(b"GET / HTTP/1.1\r\n\r\n");
+        let mut opt = vec![0x9e, 28];
+        opt.extend(context_bytes());
+        frame.splice(14 + 20..14 + 20, opt);
+        frame[14] = 0x4c;
+        let tot = u16::from_be_bytes([frame[16], frame[17]]) + 28;
+        frame[16..18].copy_from_slice(&tot.to_be_bytes());
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let c = internet_checksum(&[&frame[14..14 + 48]]);
+        frame[24..26].copy_from_slice(&c.to_be_bytes());
+        let s = summarize(&frame);
+        let ctx = format!("tclab:00-{}-{}-01", "ab".repeat(16), "cd".repeat(8));
+        assert_eq!(s.ip_options, vec![ctx.clone()]);
+        assert_eq!(s.checksums_ok, Some(true), "the TCP checksum does not cover IP options");
+        assert!(s.to_string().ends_with(&format!("ipopt=[{ctx}] csum=ok")), "{s}");
+        // an option of someone else is named, not decoded
+        frame[14 + 22] = 0x00;
+        assert_eq!(summarize(&frame).ip_options, vec!["0x9e/28".to_owned()]);
+    }
+
+    #[test]
+    fn the_ipv6_destination_option_is_shown() {
+        let builder = PacketBuilder::ethernet2([1; 6], [2; 6]).ipv6([0xfd; 16], [0xfe; 16], 64).tcp(1, 2, 3, 4);
+        let mut frame = Vec::new();
+        builder.write(&mut frame, b"x").expect("write frame");
+        let mut d = vec![6, 3, 0x1e, 26];
+        d.extend(context_bytes());
+        d.extend([1, 0]);
+        frame.splice(14 + 40..14 + 40, d);
+        frame[14 + 6] = 60;
+        let plen = u16::from_be_bytes([frame[18], frame[19]]) + 32;
+        frame[18..20].copy_from_slice(&plen.to_be_bytes());
+        let s = summarize(&frame);
+        assert_eq!(s.ip_options, vec![format!("tclab:00-{}-{}-01", "ab".repeat(16), "cd".repeat(8))]);
+        assert_eq!(s.checksums_ok, Some(true), "{s}");
+        assert_eq!(s.proto, "TCP");
     }
 
     #[test]

@@ -104,6 +104,14 @@ struct RunArgs {
     /// OTEL_SERVICE_NAME and OTEL_BSP_* are honoured.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Context propagation: disabled, headers, tcp, ip or all (see
+    /// docs/propagation.md).
+    #[arg(long, env = tclab_datapath::propagation::ENV_MODE, default_value = "disabled")]
+    propagation: tclab_datapath::propagation::Mode,
+    /// cgroup v2 folder whose sockets and threads propagation covers
+    /// (default: the root of the cgroup2 mount, i.e. every process).
+    #[arg(long, value_name = "PATH")]
+    propagation_cgroup: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -227,6 +235,11 @@ fn run(args: RunArgs) -> Result<()> {
         service_name: args.service_name.clone(),
         dry_run_chain: args.dry_run_chain,
         otlp,
+        propagation: tclab_datapath::propagation::PropagationConfig {
+            mode: args.propagation,
+            cgroup: args.propagation_cgroup.clone(),
+            sampled: true,
+        },
         ..AgentConfig::default()
     };
     let mut agent = Agent::start(config).with_context(|| format!("failed to start the agent on {}", args.ifaces.join(", ")))?;

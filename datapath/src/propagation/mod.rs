@@ -189,7 +189,7 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 pub struct Propagation {
     ebpf: Ebpf,
     mode: Mode,
-    cgroup: PathBuf,
+    cgroup: Option<PathBuf>,
     correlation: Correlation,
     events: RingBuf<MapData>,
     decode_errors: u64,
@@ -218,24 +218,15 @@ impl Propagation {
     /// A disabled mode, no cgroup v2, or a program/map the kernel refuses
     /// (other than the correlation probes).
     pub fn start(cfg: &PropagationConfig) -> Result<Propagation, PropagationError> {
-        if cfg.mode == Mode::Disabled {
-            return Err(PropagationError::BadMode("disabled (nothing to start)".into()));
-        }
         let cgroup = match &cfg.cgroup {
             Some(p) => p.clone(),
             None => cgroup2_mount().ok_or(PropagationError::NoCgroup2)?,
         };
         let cgroup_file =
             File::open(&cgroup).map_err(|source| PropagationError::Cgroup { path: cgroup.clone(), source })?;
-        let bits = cfg.mode.bits();
-        let flags = u32::from(cfg.sampled);
-        let mut ebpf = EbpfLoader::new()
-            .override_global("tclab_prop_mode", &bits, true)
-            .override_global("tclab_prop_new_flags", &flags, true)
-            .load(OBJECT)
-            .map_err(|e| PropagationError::Object(Box::new(e)))?;
-
+        let mut p = Propagation::load(cfg)?;
         let map = |name: &'static str, reason: String| PropagationError::Map { map: name, reason };
+        let ebpf = &mut p.ebpf;
         {
             let m = ebpf.map_mut(MAP_CGROUP).ok_or_else(|| map(MAP_CGROUP, "not in the object".into()))?;
             let mut cg = CgroupArray::try_from(m).map_err(|e| map(MAP_CGROUP, e.to_string()))?;
@@ -247,22 +238,48 @@ impl Propagation {
             let hash = SockHash::<_, PropKey>::try_from(m).map_err(|e| map(MAP_SOCKHASH, e.to_string()))?;
             hash.fd().try_clone().map_err(|e| map(MAP_SOCKHASH, e.to_string()))?
         };
-        let msg: &mut SkMsg = program(&mut ebpf, PROG_MSG)?;
+        let msg: &mut SkMsg = program(ebpf, PROG_MSG)?;
         msg.load().map_err(prog_err(PROG_MSG, "load"))?;
         msg.attach(&sockhash_fd).map_err(prog_err(PROG_MSG, "attach to the sockhash"))?;
-        let ops: &mut SockOps = program(&mut ebpf, PROG_SOCKOPS)?;
+        let ops: &mut SockOps = program(ebpf, PROG_SOCKOPS)?;
         ops.load().map_err(prog_err(PROG_SOCKOPS, "load"))?;
         // A cgroup BPF link (5.7+) always coexists with other programs;
         // link_create refuses the ALLOW_MULTI flag.
         ops.attach(&cgroup_file, CgroupAttachMode::Single).map_err(prog_err(PROG_SOCKOPS, "attach to the cgroup"))?;
-
-        let correlation = match attach_correlation(&mut ebpf) {
+        p.correlation = match attach_correlation(ebpf) {
             Ok(()) => Correlation::On,
             Err(e) => {
                 tracing::warn!("context propagation: correlation of server and client requests is off: {e}");
                 Correlation::Off(e.to_string())
             }
         };
+        p.cgroup = Some(cgroup);
+        tracing::debug!(mode = %cfg.mode, cgroup = ?p.cgroup, correlation = ?p.correlation, "context propagation started");
+        Ok(p)
+    }
+
+    /// Only the TC classifiers, loaded (not attached): what a capture
+    /// replayed without its sockets can exercise (the IP option written
+    /// from a request's own traceparent, read and removed on ingress).
+    ///
+    /// # Errors
+    /// A disabled mode, or a program the kernel refuses.
+    pub fn start_tc_only(mode: Mode) -> Result<Propagation, PropagationError> {
+        Propagation::load(&PropagationConfig { mode, cgroup: None, sampled: true })
+    }
+
+    /// The object with its constants, the classifiers loaded.
+    fn load(cfg: &PropagationConfig) -> Result<Propagation, PropagationError> {
+        if cfg.mode == Mode::Disabled {
+            return Err(PropagationError::BadMode("disabled (nothing to start)".into()));
+        }
+        let bits = cfg.mode.bits();
+        let flags = u32::from(cfg.sampled);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("tclab_prop_mode", &bits, true)
+            .override_global("tclab_prop_new_flags", &flags, true)
+            .load(OBJECT)
+            .map_err(|e| PropagationError::Object(Box::new(e)))?;
         let mut classifiers = vec![PROG_INGRESS];
         if cfg.mode.uses_egress() {
             classifiers.push(PROG_EGRESS);
@@ -271,19 +288,26 @@ impl Propagation {
             let p: &mut SchedClassifier = program(&mut ebpf, name)?;
             p.load().map_err(prog_err(name, "load"))?;
         }
+        let map = |name: &'static str, reason: String| PropagationError::Map { map: name, reason };
         let events = ebpf.take_map(MAP_EVENTS).ok_or_else(|| map(MAP_EVENTS, "not in the object".into()))?;
         let events = RingBuf::try_from(events).map_err(|e| map(MAP_EVENTS, e.to_string()))?;
-        tracing::debug!(mode = %cfg.mode, cgroup = %cgroup.display(), ?correlation, "context propagation started");
-        Ok(Propagation { ebpf, mode: cfg.mode, cgroup, correlation, events, decode_errors: 0 })
+        Ok(Propagation {
+            ebpf,
+            mode: cfg.mode,
+            cgroup: None,
+            correlation: Correlation::Off("socket programs not started".into()),
+            events,
+            decode_errors: 0,
+        })
     }
 
     pub fn mode(&self) -> Mode {
         self.mode
     }
 
-    /// The cgroup the socket programs are attached to.
-    pub fn cgroup(&self) -> &Path {
-        &self.cgroup
+    /// The cgroup the socket programs are attached to (`None`: TC only).
+    pub fn cgroup(&self) -> Option<&Path> {
+        self.cgroup.as_deref()
     }
 
     pub fn correlation(&self) -> &Correlation {

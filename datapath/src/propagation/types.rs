@@ -147,7 +147,7 @@ pub struct PropEventRaw {
 }
 
 /// `enum prop_counter`, in order.
-pub const COUNTER_NAMES: [&str; 14] = [
+pub const COUNTER_NAMES: [&str; 15] = [
     "server_requests",
     "client_requests",
     "linked",
@@ -162,6 +162,7 @@ pub const COUNTER_NAMES: [&str; 14] = [
     "tcp_written",
     "tcp_read",
     "events_lost",
+    "tc_packets",
 ];
 
 // SAFETY: #[repr(C)] structs of integers and byte arrays with explicit

@@ -48,6 +48,8 @@ pub enum EntryProgram {
     NotLoaded,
     /// A compiled BPF object of the user's, loaded with libbpf (`crate::byo`).
     Object(Box<crate::byo::LoadedObject>),
+    /// The agent's propagation classifiers (TC only: a replay has no sockets).
+    Propagation(Box<tclab_datapath::propagation::Propagation>),
 }
 
 impl EntryProgram {
@@ -61,6 +63,12 @@ impl EntryProgram {
             Program::Builtin(Builtin::Pass) => Verdict::Pass,
             Program::Builtin(Builtin::Unspec | Builtin::Counter) => Verdict::Unspec,
             Program::Builtin(Builtin::Drop) => Verdict::Drop,
+            Program::Builtin(Builtin::Propagation) => {
+                let mode = propagation_mode(agent.propagation);
+                let p = tclab_datapath::propagation::Propagation::start_tc_only(mode)
+                    .context("failed to load the agent's propagation classifiers")?;
+                return Ok(EntryProgram::Propagation(Box::new(p)));
+            }
             Program::Cilium { name, behaviour } => return load_cilium(entry, &name.0, behaviour, iface),
             Program::Foreign { name, behaviour } => return load_cilium(entry, name, behaviour, iface),
             Program::Object(o) => return Ok(EntryProgram::Object(Box::new(crate::byo::LoadedObject::load(&entry.name, o, pins)?))),
@@ -75,6 +83,7 @@ impl EntryProgram {
             EntryProgram::Agent(dp) => dp.program_mut(hook_of(hook)),
             EntryProgram::Test(t) => t.program_mut(),
             EntryProgram::Cilium(c) => c.program_mut(),
+            EntryProgram::Propagation(p) => return p.classifier_mut(hook_of(hook)),
             EntryProgram::NotLoaded | EntryProgram::Object(_) => return None,
         })
     }
@@ -85,6 +94,7 @@ impl EntryProgram {
             EntryProgram::Agent(dp) => dp.counters().context("failed to read the agent's counters")?.get(Counter::Packets),
             EntryProgram::Test(t) => t.packets().context("failed to read a test program's counter")?,
             EntryProgram::Cilium(c) => c.stats().context("failed to read a Cilium-like program's counters")?.packets,
+            EntryProgram::Propagation(p) => p.counter("tc_packets"),
             EntryProgram::NotLoaded => 0,
             EntryProgram::Object(o) => o.packets()?,
         })
@@ -131,6 +141,18 @@ fn ifindex_of(iface: &str) -> anyhow::Result<u32> {
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
         0 => Err(std::io::Error::last_os_error()).with_context(|| format!("no device {iface} in this namespace")),
         i => Ok(i),
+    }
+}
+
+/// Scenario `[agent].propagation` as the datapath's mode.
+pub fn propagation_mode(p: scenario::Propagation) -> tclab_datapath::propagation::Mode {
+    use tclab_datapath::propagation::Mode;
+    match p {
+        scenario::Propagation::Disabled => Mode::Disabled,
+        scenario::Propagation::Headers => Mode::Headers,
+        scenario::Propagation::Tcp => Mode::Tcp,
+        scenario::Propagation::Ip => Mode::Ip,
+        scenario::Propagation::All => Mode::All,
     }
 }
 

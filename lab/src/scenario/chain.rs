@@ -14,6 +14,25 @@ use super::validate::Ctx;
 /// real agent's own (`tclab-agent run`), so conflicts behave the same.
 pub const AGENT_NETLINK_HANDLE: u32 = tclab_datapath::attach::NETLINK_HANDLE;
 
+/// A `propagation` entry needs `[agent].propagation`; its egress
+/// classifier exists only in modes with the IP option.
+fn check_propagation(cx: &mut Ctx, raw: &Spanned<RawProgram>, program: &Program, direction: Direction, agent: &AgentSettings) {
+    if *program != Program::Builtin(Builtin::Propagation) {
+        return;
+    }
+    match agent.propagation {
+        Propagation::Disabled => cx.err(
+            raw.span(),
+            "program \"propagation\" runs the agent's propagation classifiers, expected `[agent] propagation` to be \"headers\", \"tcp\", \"ip\" or \"all\"",
+        ),
+        Propagation::Headers | Propagation::Tcp if direction.covers(Direction::Egress) => cx.err(
+            raw.span(),
+            "program \"propagation\" has an egress classifier only with the IP option, expected direction = \"ingress\" or `[agent] propagation` \"ip\" or \"all\"",
+        ),
+        _ => {}
+    }
+}
+
 pub(crate) fn validate_chain(
     cx: &mut Ctx,
     raw: &[RawChainEntry],
@@ -38,6 +57,7 @@ pub(crate) fn validate_chain(
         };
         let direction = e.direction.unwrap_or(Direction::Both);
         check_redirect(cx, &e.program, &program, direction, topology);
+        check_propagation(cx, &e.program, &program, direction, agent);
         let is_agent = program == Program::Builtin(Builtin::Agent);
         let Some(attach) = attach(cx, e, is_agent, raw_agent) else {
             continue;

@@ -242,6 +242,11 @@ pub enum Builtin {
     Drop,
     /// Counts packets, returns TC_ACT_UNSPEC.
     Counter,
+    /// The agent's context-propagation classifiers (ebpf/propagation.c) in
+    /// the `[agent].propagation` mode: ingress reads (and with the IP option
+    /// removes) the context a request brings; egress (modes with the IP
+    /// option) writes our IP option. Return TC_ACT_UNSPEC.
+    Propagation,
 }
 
 impl Builtin {
@@ -252,6 +257,7 @@ impl Builtin {
             "unspec" => Builtin::Unspec,
             "drop" => Builtin::Drop,
             "counter" => Builtin::Counter,
+            "propagation" => Builtin::Propagation,
             _ => return None,
         })
     }

@@ -206,7 +206,7 @@ impl<'de> serde::de::Visitor<'de> for ProgramVisitor {
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(
-            "one of `agent`, `pass`, `unspec`, `drop`, `counter`, or a table like \
+            "one of `agent`, `pass`, `unspec`, `drop`, `counter`, `propagation`, or a table like \
              { cilium = \"cil_from_netdev\", behaviour = \"ok\" }",
         )
     }
@@ -217,7 +217,7 @@ impl<'de> serde::de::Visitor<'de> for ProgramVisitor {
             .ok_or_else(|| {
                 E::custom(format!(
                     "unknown program `{v}`, expected one of `agent`, `pass`, `unspec`, `drop`, \
-                 `counter`, or a table like {{ cilium = \"cil_from_netdev\", behaviour = \"ok\" }}"
+                 `counter`, `propagation`, or a table like {{ cilium = \"cil_from_netdev\", behaviour = \"ok\" }}"
                 ))
             })
     }
