@@ -24,9 +24,10 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use aya::maps::{Map, MapData};
-use aya::programs::{ProgramError, SchedClassifier};
+use aya::programs::{BtfTracePoint, ProgramError, SchedClassifier, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_type};
+use aya_obj::btf::BtfKind;
+use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_type};
 use serde::Serialize;
 
 use crate::loader::{
@@ -63,6 +64,48 @@ pub enum Method {
     /// Always the statistics log (to compare the two on 5.16+).
     StatsLog,
 }
+
+/// How a program is loaded (its type, attach type and BTF target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Classifier,
+    SkMsg,
+    SockOps,
+    /// `tp_btf/<tracepoint>`
+    TpBtf(&'static str),
+}
+
+impl Kind {
+    fn prog_type(self) -> bpf_prog_type {
+        match self {
+            Kind::Classifier => bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS,
+            Kind::SkMsg => bpf_prog_type::BPF_PROG_TYPE_SK_MSG,
+            Kind::SockOps => bpf_prog_type::BPF_PROG_TYPE_SOCK_OPS,
+            Kind::TpBtf(_) => bpf_prog_type::BPF_PROG_TYPE_TRACING,
+        }
+    }
+
+    /// As aya's `load` for the type passes it.
+    fn expected_attach_type(self) -> Option<bpf_attach_type> {
+        match self {
+            Kind::Classifier => None,
+            Kind::SkMsg => Some(bpf_attach_type::BPF_SK_MSG_VERDICT),
+            Kind::SockOps => Some(bpf_attach_type::BPF_CGROUP_SOCK_OPS),
+            Kind::TpBtf(_) => Some(bpf_attach_type::BPF_TRACE_RAW_TP),
+        }
+    }
+}
+
+/// The programs of `propagation.o` (context propagation, issue #6): socket
+/// programs, the read tracepoint, and its classifiers. The tracepoint is
+/// optional as in the agent (correlation is off without it).
+const PROPAGATION: [(&str, Kind, bool); 5] = [
+    ("tclab_prop_msg", Kind::SkMsg, false),
+    ("tclab_prop_sockops", Kind::SockOps, false),
+    ("tclab_prop_read", Kind::TpBtf("tcp_rcv_space_adjust"), true),
+    (crate::propagation::PROG_INGRESS, Kind::Classifier, false),
+    (crate::propagation::PROG_EGRESS, Kind::Classifier, false),
+];
 
 /// One program's count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -150,16 +193,22 @@ pub fn budget_with(method: Method) -> Result<Vec<ProgramBudget>, VerifierError> 
         let dp = Datapath::load(&cfg)?;
         let (object, bytes) = object_bytes(dp.object_name());
         for program in [loader::PROG_INGRESS, loader::PROG_EGRESS] {
-            out.push(count(dp.ebpf(), object, bytes, program, method)?);
+            out.push(count(dp.ebpf(), object, bytes, program, Kind::Classifier, method)?);
         }
     }
     let testprogs = load_testprogs()?;
     for program in [loader::PROG_TEST_VERDICT, loader::PROG_EMPTY] {
-        out.push(count(&testprogs, "testprogs.o", objects::TESTPROGS, program, method)?);
+        out.push(count(&testprogs, "testprogs.o", objects::TESTPROGS, program, Kind::Classifier, method)?);
     }
     let cil = load_ciliumlike()?;
     for program in CilProgram::ALL.map(CilProgram::name) {
-        out.push(count(&cil, "ciliumlike.o", objects::CILIUMLIKE, program, method)?);
+        out.push(count(&cil, "ciliumlike.o", objects::CILIUMLIKE, program, Kind::Classifier, method)?);
+    }
+    let (prop, loaded) = load_propagation()?;
+    for (program, kind, _) in PROPAGATION {
+        if loaded.contains(&program) {
+            out.push(count(&prop, "propagation.o", crate::propagation::OBJECT, program, kind, method)?);
+        }
     }
     Ok(out)
 }
@@ -192,13 +241,49 @@ fn object_bytes(name: &'static str) -> (&'static str, &'static [u8]) {
 
 fn load_classifiers(ebpf: &mut Ebpf, object: &'static str, programs: &[&'static str]) -> Result<(), VerifierError> {
     for &program in programs {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(program)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(VerifierError::Missing { object, program })?;
-        prog.load().map_err(|source| VerifierError::Program { object, program, source })?;
+        load_one(ebpf, object, program, Kind::Classifier)?;
     }
     Ok(())
+}
+
+/// Load one program of a parsed object as its kind (not attached).
+fn load_one(ebpf: &mut Ebpf, object: &'static str, program: &'static str, kind: Kind) -> Result<(), VerifierError> {
+    let missing = VerifierError::Missing { object, program };
+    let failed = |source| VerifierError::Program { object, program, source };
+    let prog = ebpf.program_mut(program).ok_or(missing)?;
+    let missing = || VerifierError::Missing { object, program };
+    match kind {
+        Kind::Classifier => <&mut SchedClassifier>::try_from(prog).map_err(|_| missing())?.load().map_err(failed),
+        Kind::SkMsg => <&mut SkMsg>::try_from(prog).map_err(|_| missing())?.load().map_err(failed),
+        Kind::SockOps => <&mut SockOps>::try_from(prog).map_err(|_| missing())?.load().map_err(failed),
+        Kind::TpBtf(tracepoint) => {
+            let btf = aya::Btf::from_sys_fs()
+                .map_err(|e| VerifierError::Relocate { object, program, reason: format!("kernel BTF: {e}") })?;
+            <&mut BtfTracePoint>::try_from(prog).map_err(|_| missing())?.load(tracepoint, &btf).map_err(failed)
+        }
+    }
+}
+
+/// `propagation.o` in its fullest mode (every carrier and correlation), as
+/// the agent loads it; returns the programs that loaded (an optional one
+/// the kernel refuses is left out, as the agent leaves correlation off).
+fn load_propagation() -> Result<(Ebpf, Vec<&'static str>), VerifierError> {
+    const OBJECT: &str = "propagation.o";
+    let bits = crate::propagation::Mode::All.bits();
+    let mut ebpf = EbpfLoader::new()
+        .override_global("tclab_prop_mode", &bits, true)
+        .override_global("tclab_prop_new_flags", &1u32, true)
+        .load(crate::propagation::OBJECT)
+        .map_err(|source| VerifierError::Object { object: OBJECT, source: Box::new(source) })?;
+    let mut loaded = Vec::new();
+    for (program, kind, optional) in PROPAGATION {
+        match load_one(&mut ebpf, OBJECT, program, kind) {
+            Ok(()) => loaded.push(program),
+            Err(e) if optional => tracing::warn!("verifier budget: {e} (optional, left out)"),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((ebpf, loaded))
 }
 
 /// `testprogs.o` with `tclab_verdict` returning TC_ACT_UNSPEC, as the lab's chains use it.
@@ -237,17 +322,17 @@ fn count(
     object: &'static str,
     bytes: &[u8],
     program: &'static str,
+    kind: Kind,
     method: Method,
 ) -> Result<ProgramBudget, VerifierError> {
     if method == Method::Auto {
-        let prog: &SchedClassifier =
-            ebpf.program(program).and_then(|p| p.try_into().ok()).ok_or(VerifierError::Missing { object, program })?;
+        let prog = ebpf.program(program).ok_or(VerifierError::Missing { object, program })?;
         let info = prog.info().map_err(|source| VerifierError::Program { object, program, source })?;
         if let Some(insns) = info.verified_instruction_count() {
             return Ok(ProgramBudget { object, program, insns, source: Source::VerifiedInsns });
         }
     }
-    let log = stats_log(ebpf, object, bytes, program)?;
+    let log = stats_log(ebpf, object, bytes, program, kind)?;
     let insns = parse_processed_insns(&log).ok_or_else(|| VerifierError::NoCount { object, program, log: log.clone() })?;
     Ok(ProgramBudget { object, program, insns, source: Source::StatsLog })
 }
@@ -270,7 +355,7 @@ fn map_data(map: &Map) -> &MapData {
 /// Load `program` again, relocated against the maps of the already loaded
 /// `ebpf` (same values, same frozen read-only data), with BPF_LOG_STATS, and
 /// return the verifier's log. The second program is closed at once.
-fn stats_log(ebpf: &Ebpf, object: &'static str, bytes: &[u8], program: &'static str) -> Result<String, VerifierError> {
+fn stats_log(ebpf: &Ebpf, object: &'static str, bytes: &[u8], program: &'static str, kind: Kind) -> Result<String, VerifierError> {
     let relocate = |reason: String| VerifierError::Relocate { object, program, reason };
     let mut obj = aya_obj::Object::parse(bytes).map_err(|e| relocate(format!("parse: {e}")))?;
     let features = aya::features();
@@ -307,8 +392,18 @@ fn stats_log(ebpf: &Ebpf, object: &'static str, bytes: &[u8], program: &'static 
     let prog = obj.programs.get(program).ok_or(VerifierError::Missing { object, program })?;
     let function = obj.functions.get(&prog.function_key()).ok_or(VerifierError::Missing { object, program })?;
     let name = features.bpf_name().then(|| CString::new(program)).transpose().map_err(|e| relocate(e.to_string()))?;
+    let attach_btf_id = match kind {
+        Kind::TpBtf(tracepoint) => Some(
+            aya::Btf::from_sys_fs()
+                .and_then(|btf| btf.id_by_type_name_kind(&format!("btf_trace_{tracepoint}"), BtfKind::Typedef))
+                .map_err(|e| relocate(format!("BTF id of {tracepoint}: {e}")))?,
+        ),
+        _ => None,
+    };
     let mut log = vec![0u8; LOG_SIZE];
     let loaded = prog_load(&ProgLoad {
+        kind,
+        attach_btf_id,
         name: name.as_ref(),
         insns: &function.instructions,
         license: &prog.license,
@@ -331,6 +426,8 @@ fn stats_log(ebpf: &Ebpf, object: &'static str, bytes: &[u8], program: &'static 
 }
 
 struct ProgLoad<'a> {
+    kind: Kind,
+    attach_btf_id: Option<u32>,
     name: Option<&'a CString>,
     insns: &'a [aya_obj::generated::bpf_insn],
     license: &'a CString,
@@ -374,7 +471,13 @@ fn prog_load(p: &ProgLoad<'_>) -> io::Result<OwnedFd> {
             *dst = *src as libc::c_char;
         }
     }
-    u.prog_type = bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS as u32;
+    u.prog_type = p.kind.prog_type() as u32;
+    if let Some(t) = p.kind.expected_attach_type() {
+        u.expected_attach_type = t as u32;
+    }
+    if let Some(id) = p.attach_btf_id {
+        u.attach_btf_id = id;
+    }
     u.insns = p.insns.as_ptr() as u64;
     u.insn_cnt = u32::try_from(p.insns.len()).map_err(|_| io::Error::other("too many instructions"))?;
     u.license = p.license.as_ptr() as u64;
