@@ -1,7 +1,7 @@
 //! The kernel matrix end to end: every scenario in `scenarios/` inside QEMU
-//! on 5.10, 6.1 and 6.12 (lockdown=none), plus one cell per other lockdown
-//! mode, with the `tclab` binary as the guest's init, judged against the
-//! same reviewed snapshots as the host-kernel run.
+//! on 5.10, 6.1 and 6.12 under each lockdown mode (nine cells), with the
+//! `tclab` binary as the guest's init, judged against the same reviewed
+//! snapshots as the host-kernel run.
 //!
 //! Needs the kernels in the cache (`tclab kernels fetch`, done by `.ci/run`)
 //! and `qemu-system-x86_64`.
@@ -62,36 +62,23 @@ fn matrix_runs_every_scenario_on_each_kernel_and_lockdown_mode() {
     let test = "matrix_runs_every_scenario";
     let kernels: Option<Vec<CachedKernel>> = ["5.10", "6.1", "6.12"].iter().map(|n| kernel(test, n)).collect();
     let Some(kernels) = kernels else { return };
-    let Ok([k510, k61, k612]) = <[CachedKernel; 3]>::try_from(kernels) else { unreachable!("three names") };
     let dir = workspace().join("scenarios");
     let scenarios = tclab_lab::scenario::load_dir(&dir).unwrap_or_else(|errors| {
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         panic!("scenario errors:\n{}", text.join("\n"))
     });
-    let store = SnapshotStore::new(dir.join("snapshots"));
-    let base = |kernels: Vec<CachedKernel>, lockdowns: Vec<LockdownMode>| {
-        let mut o = MatrixOptions::new(kernels, lockdowns, store.clone());
-        o.writes = PendingWrites::from_env();
-        o.init = Some(InitSpec { exe: tclab(), args: Vec::new() });
-        o
-    };
-    // Five cells: each kernel without lockdown, and each lockdown mode once.
-    let plans = [
-        base(vec![k510, k61.clone(), k612.clone()], vec![LockdownMode::None]),
-        base(vec![k61], vec![LockdownMode::Integrity]),
-        base(vec![k612], vec![LockdownMode::Confidentiality]),
-    ];
-    let mut cells = Vec::new();
-    for plan in &plans {
-        cells.extend(matrix::run(&scenarios, plan, |c| eprintln!("{}", matrix::cell_line(c))).expect("matrix runs"));
-    }
+    // The whole matrix, as the nightly runs it: 3 kernels × 3 lockdown modes.
+    let mut opts = MatrixOptions::new(kernels, LockdownMode::ALL.to_vec(), SnapshotStore::new(dir.join("snapshots")));
+    opts.writes = PendingWrites::from_env();
+    opts.init = Some(InitSpec { exe: tclab(), args: Vec::new() });
+    let cells = matrix::run(&scenarios, &opts, |c| eprintln!("{}", matrix::cell_line(c))).expect("matrix runs");
     let all: Vec<_> = cells.iter().flat_map(|c| c.outcomes.iter().cloned()).collect();
     let table = runner::summary_table(&all);
     eprintln!("{table}");
     let failed = failures(&cells);
     assert!(failed.is_empty(), "{table}{failed}");
 
-    assert_eq!(cells.len(), 5, "{table}");
+    assert_eq!(cells.len(), 9, "{table}");
     for c in &cells {
         // The capability snapshot, then one outcome per scenario.
         assert_eq!(c.outcomes.len(), scenarios.len() + 1, "cell {}:\n{table}", c.label());
