@@ -66,17 +66,7 @@ pub fn snapshot_name(kernel: &KernelContext) -> String {
 pub fn judge(text: &str, opts: &RunOptions) -> ScenarioOutcome {
     let name = snapshot_name(&opts.kernel);
     let source = format!("kernels/{}.toml", opts.kernel.name);
-    let mut outcome = ScenarioOutcome {
-        scenario: NAME.to_string(),
-        file: PathBuf::from(&source),
-        kernel: opts.kernel.name.clone(),
-        lockdown: opts.kernel.lockdown,
-        status: Status::Passed,
-        result: None,
-        diff: None,
-        snapshot: None,
-        duration_ms: 0,
-    };
+    let mut outcome = ScenarioOutcome::new(NAME, PathBuf::from(&source), &opts.kernel);
     match opts.snapshots.check(&name, &source, None, text, opts.writes) {
         Ok(SnapshotOutcome::Matched { path }) => outcome.snapshot = Some(path),
         Ok(SnapshotOutcome::Missing { path, pending }) => {

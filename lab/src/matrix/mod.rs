@@ -252,15 +252,8 @@ fn not_run(scenarios: &[Scenario], ctx: &KernelContext, why: &str) -> Vec<Scenar
     scenarios
         .iter()
         .map(|s| ScenarioOutcome {
-            scenario: s.name.clone(),
-            file: s.path.clone(),
-            kernel: ctx.name.clone(),
-            lockdown: ctx.lockdown,
             status: Status::Failed(vec![why.to_string()]),
-            result: None,
-            diff: None,
-            snapshot: None,
-            duration_ms: 0,
+            ..ScenarioOutcome::new(&s.name, s.path.clone(), ctx)
         })
         .collect()
 }

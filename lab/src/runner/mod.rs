@@ -117,6 +117,21 @@ pub struct ScenarioOutcome {
 }
 
 impl ScenarioOutcome {
+    /// A passed outcome with nothing collected yet, for `name` on `kernel`.
+    pub fn new(name: &str, file: PathBuf, kernel: &KernelContext) -> ScenarioOutcome {
+        ScenarioOutcome {
+            scenario: name.to_string(),
+            file,
+            kernel: kernel.name.clone(),
+            lockdown: kernel.lockdown,
+            status: Status::Passed,
+            result: None,
+            diff: None,
+            snapshot: None,
+            duration_ms: 0,
+        }
+    }
+
     pub fn failed(&self) -> bool {
         matches!(self.status, Status::Failed(_))
     }
@@ -162,17 +177,8 @@ pub fn collect(scenario: &Scenario, opts: &RunOptions) -> Collected {
 
 /// Judge what a run collected: inline checks, then the snapshot.
 pub fn judge(scenario: &Scenario, opts: &RunOptions, collected: Collected, duration: Duration) -> ScenarioOutcome {
-    let mut outcome = ScenarioOutcome {
-        scenario: scenario.name.clone(),
-        file: scenario.path.clone(),
-        kernel: opts.kernel.name.clone(),
-        lockdown: opts.kernel.lockdown,
-        status: Status::Passed,
-        result: None,
-        diff: None,
-        snapshot: None,
-        duration_ms: duration.as_millis(),
-    };
+    let mut outcome = ScenarioOutcome::new(&scenario.name, scenario.path.clone(), &opts.kernel);
+    outcome.duration_ms = duration.as_millis();
     match collected {
         Collected::Skipped { reason } => outcome.status = Status::Skipped(reason),
         Collected::Error { error } => outcome.status = Status::Failed(vec![error]),
