@@ -287,3 +287,20 @@ fn a_full_ring_buffer_is_counted_as_lost_events() {
     send(&mut h, &req);
     assert_eq!(h.counter(Counter::EventsLost), lost);
 }
+
+/// The documented limit: the first 64 header lines of a segment are
+/// looked at; a traceparent on line 64 is found, one on line 65 is not.
+#[test]
+fn sixty_four_header_lines_are_scanned() {
+    let Some(mut h) = harness("sixty_four_header_lines_are_scanned") else { return };
+    for (fillers, want) in [(62, TraceparentStatus::Valid), (63, TraceparentStatus::Valid), (64, TraceparentStatus::Missing)] {
+        let mut req = b"GET / HTTP/1.1\r\n".to_vec();
+        for _ in 0..fillers {
+            req.extend_from_slice(b"A:1\r\n");
+        }
+        req.extend_from_slice(format!("traceparent: {TP}\r\n\r\n").as_bytes());
+        let events = send(&mut h, &req);
+        assert_eq!(events.len(), 1);
+        assert_eq!(status(&events[0]), want, "traceparent on header line {}", fillers + 1);
+    }
+}

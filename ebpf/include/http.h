@@ -191,7 +191,10 @@ static __always_inline void http_scan_lines(struct tclab_scratch *s)
 		if (!nl)
 			continue;
 		n = SCAN_GET(sc->nlines);
-		if (n > TCLAB_HTTP_MAX_LINES - 2)
+		/* the first TCLAB_HTTP_MAX_LINES line starts count; a second LF
+		 * of the last word may land in lines[TCLAB_HTTP_MAX_LINES] (the
+		 * sink half), which the header walk never reads */
+		if (n >= TCLAB_HTTP_MAX_LINES)
 			break;
 		sc->lines[n] = base + 1 + __http_first(nl);
 		nl2 = nl & (nl - 1); /* without the first LF */
