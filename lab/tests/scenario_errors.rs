@@ -351,19 +351,6 @@ fn attach_is_required_except_for_the_agent() {
 }
 
 #[test]
-fn an_entry_on_the_netlink_agents_own_priority_and_handle_is_impossible() {
-    let src = "name = \"a\"\n[agent]\nbackend = \"netlink\"\npriority = 3\n\n\
-        [[chain]]\nname = \"squatter\"\nprogram = \"pass\"\nattach = { mode = \"netlink\", priority = 3, handle = 0x7c1a }\n\n\
-        [[chain]]\nname = \"agent\"\nprogram = \"agent\"\n";
-    let errors = Dir::new().errors(src);
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(
-        errors[0].starts_with("s.toml:12:8: `agent` and `squatter` are both netlink priority 3 handle 0x7c1a on"),
-        "{errors:?}"
-    );
-}
-
-#[test]
 fn same_netlink_priority_handle_and_hook_is_impossible() {
     let src = format!(
         "{BASE}{}",

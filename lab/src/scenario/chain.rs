@@ -70,7 +70,7 @@ pub(crate) fn validate_chain(
         });
     }
     check_order_refs(cx, raw, &out, agent);
-    check_netlink_clashes(cx, raw, &out, agent);
+    check_netlink_clashes(cx, raw, &out);
     for (span, message) in crate::byo::spec::check_reuse(&out) {
         cx.err(span, message);
     }
@@ -506,15 +506,14 @@ fn find_cycle(chain: &[ChainEntry]) -> Option<Vec<String>> {
     None
 }
 
-fn check_netlink_clashes(cx: &mut Ctx, raw: &[RawChainEntry], chain: &[ChainEntry], agent: &AgentSettings) {
+fn check_netlink_clashes(cx: &mut Ctx, raw: &[RawChainEntry], chain: &[ChainEntry]) {
     let mut seen: BTreeMap<(u16, u32, Direction), &str> = BTreeMap::new();
     for e in chain {
-        let (priority, handle) = match e.attach {
-            Attach::Netlink { priority, handle } => (priority, handle),
-            // The agent on netlink takes its own fixed handle at [agent].priority
-            // on every kernel, so a clash with it is known before running.
-            Attach::AgentDecides if agent.backend == Backend::Netlink => (agent.priority, AGENT_NETLINK_HANDLE),
-            _ => continue,
+        // An agent placed by its own rules is not checked here: a second
+        // agent meeting the first one's filter is a refusal worth pinning
+        // (chain-two-agents-netlink), and the agent reports it.
+        let Attach::Netlink { priority, handle } = e.attach else {
+            continue;
         };
         // One error per entry, even when it clashes on both hooks.
         for hook in e.direction.hooks() {
