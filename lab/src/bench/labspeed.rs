@@ -327,9 +327,21 @@ fn qemu_scenario_rows(opts: &BenchOptions, kernel: &CachedKernel, files: &[PathB
 fn full_matrix_row(opts: &BenchOptions, files: &[PathBuf]) -> anyhow::Result<Row> {
     let (doc, wall) = matrix_run(opts, files, "all", "all", None)?;
     let cells = doc["cells"].as_array().map_or(0, Vec::len);
-    let failed = doc["cells"].as_array().into_iter().flatten().filter(|c| !c["failure"].is_null()).count();
+    let failed: Vec<String> = doc["cells"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| !c["failure"].is_null())
+        .map(|c| format!("{}/{}: {}", c["kernel"].as_str().unwrap_or("?"), c["lockdown"].as_str().unwrap_or("?"), c["failure"].as_str().unwrap_or("?")))
+        .collect();
     let times = scenario_times(&doc);
     Ok(Row::value("full matrix: every kernel × lockdown × scenario, wall time", wall / 1000.0, "s")
         .target(Target::ValueBelow(300.0))
-        .note(format!("{cells} cells ({failed} failed), {} scenario runs, -j {}", times.len(), vm::default_jobs())))
+        .note(format!(
+            "{cells} cells, {} failed{}; {} scenario runs, -j {}",
+            failed.len(),
+            if failed.is_empty() { String::new() } else { format!(" ({})", failed.join("; ")) },
+            times.len(),
+            vm::default_jobs()
+        )))
 }
