@@ -14,7 +14,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn rows<'a>(section: &'a Value) -> &'a [Value] {
+fn rows(section: &Value) -> &[Value] {
     section["rows"].as_array().map(Vec::as_slice).unwrap_or_default()
 }
 
