@@ -10,6 +10,7 @@ pub mod chain;
 pub mod ct;
 pub mod events;
 pub mod frames;
+pub mod http_ref;
 pub mod loader;
 pub mod metrics;
 pub mod otlp;

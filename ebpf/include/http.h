@@ -167,12 +167,14 @@ static __always_inline __u64 __http_first(__u64 mask)
 
 /* Record the position after every LF in the first TCLAB_HTTP_SCAN bytes,
  * eight bytes at a time: a word without LF (most) costs a few
- * instructions, a word with one LF a few more; a second LF in the word
- * ("\r\n\r\n") is recorded on its own branch. A third LF within 8 bytes
- * means lines of at most two characters, which a header block cannot have
- * before its end (the blank line is the second LF of "\r\n\r\n"). The
- * count lives in map memory between words so that the loop's exits all
- * look alike to the verifier; the scan stops when the table is full. */
+ * instructions, a word with one LF a few more; a word with more
+ * ("\r\n\r\n", short lines such as "a:\n") records its second, third
+ * and fourth LF on one branch, branch-free (stores past the count land in
+ * the sink half). Enough for every line start up to the header end: five
+ * LFs in 8 bytes include two adjacent ones, a blank line that starts after
+ * one of the first four. The count lives in map memory between words so
+ * that the loop's exits all look alike to the verifier; the scan stops
+ * when the table is full. */
 static __always_inline void http_scan_lines(struct tclab_scratch *s)
 {
 	struct http_scan *sc = &s->scan;
@@ -199,8 +201,12 @@ static __always_inline void http_scan_lines(struct tclab_scratch *s)
 		sc->lines[n] = base + 1 + __http_first(nl);
 		nl2 = nl & (nl - 1); /* without the first LF */
 		if (nl2) {
+			__u64 nl3 = nl2 & (nl2 - 1), nl4 = nl3 & (nl3 - 1);
+
 			sc->lines[n + 1] = base + 1 + __http_first(nl2);
-			n++;
+			sc->lines[n + 2] = base + 1 + __http_first(nl3);
+			sc->lines[n + 3] = base + 1 + __http_first(nl4);
+			n += 1 + (1 ^ bf_is_zero(nl3 >> 7)) + (1 ^ bf_is_zero(nl4 >> 7));
 		}
 		SCAN_SET(sc->nlines, n + 1);
 	}

@@ -19,3 +19,5 @@ pub mod matrix;
 pub mod testserver;
 pub mod report;
 pub mod shard;
+pub mod difffuzz;
+pub mod fuzz_targets;

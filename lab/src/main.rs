@@ -111,6 +111,10 @@ enum Command {
     /// Benchmarks (issue #8): per-packet cost, CT pressure, verifier budget,
     /// replay throughput, agent footprint, lab speed; ratios to same-run baselines.
     Bench(tclab_lab::bench::BenchArgs),
+    /// Differential fuzzing of the datapath's HTTP recogniser and traceparent
+    /// validator: BPF classifiers (BPF_PROG_TEST_RUN) against the Rust
+    /// reference on generated inputs. Exits 1 on any disagreement.
+    FuzzDatapath(tclab_lab::difffuzz::Args),
     /// Test services for context propagation: HTTP servers that call each
     /// other in a chain, each in its own network namespace.
     Testserver(tclab_lab::testserver::TestserverArgs),
@@ -234,6 +238,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => tclab_lab::bench::main(args),
+        Command::FuzzDatapath(args) => tclab_lab::difffuzz::main(args),
         Command::Testserver(args) => tclab_lab::testserver::main(args),
         Command::Doctor { output } => {
             let checks = doctor::checks();
