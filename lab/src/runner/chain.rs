@@ -406,6 +406,11 @@ impl LiveChain {
     }
 
     /// The maps object entries list under `dump`, read now.
+    /// Names of the entries that are user-supplied objects.
+    pub fn object_entries(&self) -> Vec<String> {
+        self.entries.iter().filter(|e| matches!(e.program, EntryProgram::Object(_))).map(|e| e.name.clone()).collect()
+    }
+
     pub fn object_dumps(&self) -> anyhow::Result<Vec<crate::byo::MapDump>> {
         let mut out = Vec::new();
         for e in &self.entries {

@@ -112,6 +112,7 @@ fn inside_device_ns(
         result.counters.insert(entry.name.clone(), n);
     }
     result.maps = chain.object_dumps()?;
+    result.count_verdicts(&chain.object_entries());
     Ok(result)
 }
 

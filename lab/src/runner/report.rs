@@ -72,6 +72,10 @@ pub struct ScenarioResult {
     /// Maps of object entries the scenario lists under `dump`.
     #[serde(default)]
     pub maps: Vec<crate::byo::MapDump>,
+    /// What each object entry did with the packets it saw, read from the
+    /// chain's counters (see [`ScenarioResult::count_verdicts`]).
+    #[serde(default)]
+    pub verdicts: Vec<String>,
 }
 
 impl ScenarioResult {
@@ -91,7 +95,31 @@ impl ScenarioResult {
             output: Vec::new(),
             checks: Vec::new(),
             maps: Vec::new(),
+            verdicts: Vec::new(),
         }
+    }
+
+    /// For each of `entries`: how many replayed packets it saw, how many of
+    /// those a later entry saw too (it returned TC_ACT_UNSPEC/TCX_NEXT or, on
+    /// netlink, let the next filter run), and for how many it was the last
+    /// (it ended the chain: TC_ACT_OK, a drop, a redirect, or it was last).
+    pub fn count_verdicts(&mut self, entries: &[String]) {
+        self.verdicts = entries
+            .iter()
+            .map(|entry| {
+                let mut seen = 0;
+                let mut last = 0;
+                for p in &self.packets {
+                    if let Some(at) = p.seen_by.iter().position(|e| e == entry) {
+                        seen += 1;
+                        if at + 1 == p.seen_by.len() {
+                            last += 1;
+                        }
+                    }
+                }
+                format!("{entry}: saw {seen}, passed on {}, last for {last}", seen - last)
+            })
+            .collect();
     }
 
     /// The snapshot text. The kernel name is deliberately absent: the same
@@ -128,6 +156,9 @@ impl ScenarioResult {
                 let head = if m.lines.is_empty() { format!("{}/{}: []", m.entry, m.map) } else { format!("{}/{}:", m.entry, m.map) };
                 std::iter::once(head).chain(m.lines.iter().map(|l| format!("  {l}")))
             }));
+        }
+        if !self.verdicts.is_empty() {
+            section(&mut s, "verdicts", self.verdicts.iter().cloned());
         }
         let _ = writeln!(s, "events_lost: {}", self.events_lost);
         s
@@ -174,5 +205,24 @@ mod tests {
             .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
         assert!(text.contains("  warning: w"));
+    }
+
+    fn packet(index: usize, seen_by: &[&str]) -> PacketLine {
+        PacketLine {
+            index,
+            pcap: "x.pcap".into(),
+            hook: "ingress".into(),
+            frame: String::new(),
+            seen_by: seen_by.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn verdicts_count_what_each_entry_passed_on_and_where_the_chain_ended() {
+        let mut r = ScenarioResult::new("s", "host");
+        r.packets = vec![packet(1, &["filter", "sink"]), packet(2, &["filter"]), packet(3, &["other"])];
+        r.count_verdicts(&["filter".to_string(), "sink".to_string()]);
+        assert_eq!(r.verdicts, ["filter: saw 2, passed on 1, last for 1", "sink: saw 1, passed on 0, last for 1"]);
+        assert!(r.snapshot().contains("verdicts:\n  filter: saw 2, passed on 1, last for 1\n"), "{}", r.snapshot());
     }
 }
