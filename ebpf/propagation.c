@@ -314,7 +314,7 @@ static __always_inline int prop_msg_copy(struct sk_msg_md *m, struct tclab_scrat
 	}
 #pragma unroll
 	for (k = 0; k < 8; k++) {
-		__u32 i = (off + k) & (PROP_SCAN - 1);
+		__u32 i = PROP_BOUND(off + k, PROP_SCAN - 1);
 		void *p = data + i;
 
 		if (off + k >= n || p + 1 > end)
@@ -503,7 +503,7 @@ static __always_inline int prop_parse_l3(struct __sk_buff *skb, struct prop_pkt 
 static __always_inline int prop_parse_tcp(struct __sk_buff *skb, struct prop_pkt *p, struct prop_key *k, int egress)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-	struct tcphdr *tcp = data + (p->l4 & 0x1ff);
+	struct tcphdr *tcp = data + PROP_BOUND(p->l4, 0x1ff);
 	__u32 doff;
 
 	if ((void *)(tcp + 1) > end)
@@ -518,14 +518,14 @@ static __always_inline int prop_parse_tcp(struct __sk_buff *skb, struct prop_pkt
 	k->local_port = bpf_ntohs(egress ? tcp->source : tcp->dest);
 	k->remote_port = bpf_ntohs(egress ? tcp->dest : tcp->source);
 	if (p->family == TCLAB_AF_INET) {
-		struct iphdr *ip = data + (p->l3 & 0x1ff);
+		struct iphdr *ip = data + PROP_BOUND(p->l3, 0x1ff);
 
 		if ((void *)(ip + 1) > end)
 			return 0;
 		*(__u32 *)k->local = egress ? ip->saddr : ip->daddr;
 		*(__u32 *)k->remote = egress ? ip->daddr : ip->saddr;
 	} else {
-		struct ipv6hdr *ip6 = data + (p->l3 & 0x1ff);
+		struct ipv6hdr *ip6 = data + PROP_BOUND(p->l3, 0x1ff);
 
 		if ((void *)(ip6 + 1) > end)
 			return 0;
@@ -546,7 +546,7 @@ static __always_inline int prop_request(struct __sk_buff *skb, struct prop_pkt *
 
 	if (!s || n < 16 || bpf_skb_load_bytes(skb, p->payload, &head, 8) || !prop_is_request(head))
 		return -1;
-	n = ((n - 1) & (PROP_SCAN - 1)) + 1;
+	n = PROP_BOUND(n - 1, PROP_SCAN - 1) + 1;
 	if (bpf_skb_load_bytes(skb, p->payload, SCAN_BUF(s) + 1, n))
 		return -1;
 	prop_buf_frame(s, n);
@@ -586,7 +586,7 @@ static __always_inline void prop_ip_add(struct __sk_buff *skb, struct prop_pkt *
 	if (p->family == TCLAB_AF_INET) {
 		__u16 h[(20 + PROP_IP4_OPT_LEN) / 2];
 		__u8 *b = (__u8 *)h;
-		struct iphdr *ip = data + (p->l3 & 0x1ff);
+		struct iphdr *ip = data + PROP_BOUND(p->l3, 0x1ff);
 
 		/* only headers without options: ours then fits and stays first */
 		if ((void *)(ip + 1) > end || p->ihl != 5) {
@@ -615,7 +615,7 @@ static __always_inline void prop_ip_add(struct __sk_buff *skb, struct prop_pkt *
 	}
 	{
 		__u8 d[PROP_IP6_DSTOPT_LEN];
-		struct ipv6hdr *ip6 = data + (p->l3 & 0x1ff);
+		struct ipv6hdr *ip6 = data + PROP_BOUND(p->l3, 0x1ff);
 		__be16 plen;
 		__u8 next = IPPROTO_DSTOPTS;
 
@@ -677,7 +677,7 @@ static __always_inline int prop_ip_strip(struct __sk_buff *skb, struct prop_pkt 
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 
 	if (p->family == TCLAB_AF_INET) {
-		__u8 *o = data + (p->l3 & 0x1ff) + 20;
+		__u8 *o = data + PROP_BOUND(p->l3, 0x1ff) + 20;
 		__u16 h[10];
 
 		if (p->ihl != 5 + PROP_IP4_OPT_LEN / 4 || (void *)(o + PROP_IP4_OPT_LEN) > end)
@@ -687,7 +687,7 @@ static __always_inline int prop_ip_strip(struct __sk_buff *skb, struct prop_pkt 
 		c->flags = o[3];
 		__builtin_memcpy(c->trace_id, o + 4, 16);
 		__builtin_memcpy(c->span_id, o + 20, 8);
-		__builtin_memcpy(h, data + (p->l3 & 0x1ff), 20);
+		__builtin_memcpy(h, data + PROP_BOUND(p->l3, 0x1ff), 20);
 		((__u8 *)h)[0] = 0x45;
 		((struct iphdr *)h)->tot_len = bpf_htons(bpf_ntohs(((struct iphdr *)h)->tot_len) - PROP_IP4_OPT_LEN);
 		((struct iphdr *)h)->check = 0;
@@ -701,7 +701,7 @@ static __always_inline int prop_ip_strip(struct __sk_buff *skb, struct prop_pkt 
 		return 1;
 	}
 	{
-		struct ipv6hdr *ip6 = data + (p->l3 & 0x1ff);
+		struct ipv6hdr *ip6 = data + PROP_BOUND(p->l3, 0x1ff);
 		__u8 *d = (__u8 *)(ip6 + 1);
 		__u8 next;
 		__be16 plen;

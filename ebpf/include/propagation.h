@@ -27,6 +27,16 @@ volatile const __u32 tclab_prop_new_flags = 1;  /* trace flags of new traces (sa
 #define PROP_LINEAR 4096 /* bytes of a message made contiguous after an insertion */
 #define PROP_ENTRIES 16384
 
+/* x & mask, kept as an instruction: clang drops a mask it can prove
+ * redundant, but after a spill the verifier may no longer know the bound
+ * (6.1 rejects the access without it). */
+#define PROP_BOUND(x, mask)                                                                        \
+	({                                                                                         \
+		__u64 __b = (x);                                                                   \
+		BF_OPAQUE(__b);                                                                    \
+		__b & (mask);                                                                      \
+	})
+
 #define PROP_GET(field) (*(volatile __u32 *)&(field))
 #define PROP_SET(field, v) (*(volatile __u32 *)&(field) = (v))
 
@@ -160,7 +170,7 @@ static __always_inline int prop_is_request(__u64 h)
 /* Virtual line start and zero padding around n copied bytes. */
 static __always_inline void prop_buf_frame(struct tclab_scratch *s, __u32 n)
 {
-	__u8 *p = SCAN_BUF(s) + 1 + (n & (PROP_SCAN | (PROP_SCAN - 1)));
+	__u8 *p = SCAN_BUF(s) + 1 + PROP_BOUND(n, PROP_SCAN | (PROP_SCAN - 1));
 	int k;
 
 	SCAN_BUF(s)[0] = '\n';

@@ -135,6 +135,7 @@ pub fn plan(pcap_path: &Path, locals: &[IpAddr], choice: &ChainChoice, kernel_ha
         chain,
         agent,
         replays: vec![Replay { pcap: pcap_path.to_path_buf(), rewrite, pacing: Pacing::Asap, after: Vec::new() }],
+        services: None,
         expect: Expect {
             snapshot: false,
             spans: None,

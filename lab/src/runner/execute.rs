@@ -52,6 +52,9 @@ pub fn execute_observed(
     opts: &RunOptions,
     observer: &mut dyn Observer,
 ) -> anyhow::Result<ScenarioResult> {
+    if let Some(services) = &scenario.services {
+        return crate::testserver::scenario::execute(scenario, services, &opts.kernel);
+    }
     let topo = topology::build(&scenario.topology)
         .with_context(|| format!("{}: failed to build the topology", scenario.path.display()))?;
     let resolved = resolve_chain(scenario, opts.kernel.has(Capability::Tcx));

@@ -27,7 +27,24 @@ pub struct Scenario {
     pub chain: Vec<ChainEntry>,
     pub agent: AgentSettings,
     pub replays: Vec<Replay>,
+    /// `[services]`: the built-in test services run instead of replays.
+    pub services: Option<Services>,
     pub expect: Expect,
+}
+
+/// `[services]`: the three-service chain of `tclab testserver` (frontend
+/// `/traceme` → backend `/tracemetoo` → worker `/users`), one agent per
+/// service under `[agent]` (its `propagation` mode included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Services {
+    /// Requests the client sends to the frontend, one after the other.
+    pub requests: u32,
+    pub ipv6: bool,
+    /// A `traceparent` header on the client's requests (sent as is).
+    pub traceparent: Option<String>,
+    /// Services that copy the incoming traceparent to their downstream call
+    /// themselves (an application with an SDK).
+    pub forward: Vec<String>,
 }
 
 impl Scenario {

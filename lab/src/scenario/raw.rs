@@ -34,8 +34,22 @@ pub(crate) struct RawScenario {
     pub agent: Option<RawAgent>,
     #[serde(default)]
     pub replay: Vec<RawReplay>,
+    pub services: Option<S<RawServices>>,
     #[serde(default)]
     pub expect: RawExpect,
+}
+
+/// `[services]`: run the built-in test services instead of replays.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServices {
+    pub chain: S<String>,
+    pub requests: Option<S<i64>>,
+    #[serde(default)]
+    pub ipv6: bool,
+    pub traceparent: Option<S<String>>,
+    #[serde(default)]
+    pub forward: Vec<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

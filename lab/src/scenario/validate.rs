@@ -98,7 +98,9 @@ pub(crate) fn validate(
     let has_agent = chain
         .iter()
         .any(|e| e.program == Program::Builtin(Builtin::Agent));
-    if raw.agent.is_some() && !has_agent {
+    let alone = raw.chain.is_empty() && raw.replay.is_empty();
+    let services = raw.services.as_ref().and_then(|sv| services(&mut cx, sv, alone));
+    if raw.agent.is_some() && !has_agent && raw.services.is_none() {
         let span = cx.table_span("[agent]");
         cx.err(
             span,
@@ -127,7 +129,39 @@ pub(crate) fn validate(
         chain,
         agent,
         replays,
+        services,
         expect,
+    })
+}
+
+/// `[services]`: the built-in chain, alone (no `[[chain]]`, no `[[replay]]`).
+fn services(cx: &mut Ctx, raw: &Spanned<RawServices>, alone: bool) -> Option<Services> {
+    let r = raw.get_ref();
+    if r.chain.get_ref() != "traceme" {
+        cx.err(r.chain.span(), format!("unknown service chain `{}`, expected \"traceme\" (frontend /traceme -> backend /tracemetoo -> worker /users)", r.chain.get_ref()));
+    }
+    if !alone {
+        cx.err(raw.span(), "`[services]` runs its own topology and agents, expected no `[[chain]]` and no `[[replay]]` next to it");
+    }
+    let requests = match &r.requests {
+        Some(n) => cx.int::<u32>(n, "requests", 1, 100)?,
+        None => 1,
+    };
+    if let Some(tp) = &r.traceparent
+        && tp.get_ref().chars().any(|c| c.is_control())
+    {
+        cx.err(tp.span(), "the traceparent is sent as a header value, expected no control characters");
+    }
+    for f in &r.forward {
+        if !["frontend", "backend", "worker"].contains(&f.get_ref().as_str()) {
+            cx.err(f.span(), format!("unknown service `{}`, expected \"frontend\", \"backend\" or \"worker\"", f.get_ref()));
+        }
+    }
+    Some(Services {
+        requests,
+        ipv6: r.ipv6,
+        traceparent: r.traceparent.as_ref().map(|t| t.get_ref().clone()),
+        forward: r.forward.iter().map(|f| f.get_ref().clone()).collect(),
     })
 }
 

@@ -18,6 +18,7 @@
 pub mod cgroup;
 pub mod chain;
 pub mod http;
+pub mod scenario;
 pub mod service;
 pub mod traced;
 

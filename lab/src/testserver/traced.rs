@@ -37,6 +37,14 @@ impl TracedChain {
     /// # Errors
     /// Chain or agent start errors, naming the service.
     pub fn start(opts: &ChainOptions, mode: Mode, backend: Backend) -> anyhow::Result<TracedChain> {
+        TracedChain::start_with(opts, mode, backend, tclab_datapath::attach::DEFAULT_PRIORITY)
+    }
+
+    /// [`TracedChain::start`] with the agents' netlink priority.
+    ///
+    /// # Errors
+    /// Chain or agent start errors, naming the service.
+    pub fn start_with(opts: &ChainOptions, mode: Mode, backend: Backend, priority: u16) -> anyhow::Result<TracedChain> {
         let mut opts = opts.clone();
         opts.cgroups = true;
         let chain = Chain::start(&opts)?;
@@ -46,6 +54,7 @@ impl TracedChain {
             let cfg = AgentConfig {
                 ifaces: svc.ifaces.clone(),
                 backend,
+                priority,
                 service_name: svc.name.to_owned(),
                 features: Some(features.clone()),
                 propagation: PropagationConfig { mode, cgroup: svc.cgroup.clone(), sampled: true },
@@ -79,7 +88,10 @@ impl TracedChain {
                 }
             }
         }
-        out.sort_by_key(|r| r.span.request_start_ns);
+        // Call order, not timestamps: the hooks of different devices stamp
+        // with the CPU that ran them, and a span's first segment is not
+        // always seen before the request it makes (keep-alive, TCG).
+        out.sort_by_key(|r| (expected_position(r), r.span.request_start_ns));
         out
     }
 
@@ -114,6 +126,14 @@ pub const EXPECTED: [(&str, SpanKind, &str); 5] = [
     ("worker", SpanKind::Server, "/users"),
 ];
 
+/// Where a span sits in [`EXPECTED`] (unknown ones last).
+fn expected_position(r: &Reported) -> usize {
+    EXPECTED
+        .iter()
+        .position(|(svc, kind, path)| (r.service, r.span.kind, r.span.path.as_str()) == (*svc, *kind, *path))
+        .unwrap_or(EXPECTED.len())
+}
+
 /// Check that the spans of one request form one trace with the right
 /// parent links: each span's parent is the span before it (the first one's
 /// is `root_parent`: the caller's span, or none).
@@ -142,43 +162,74 @@ pub fn check_one_trace(spans: &[Reported], root_parent: Option<&str>) -> anyhow:
     Ok(())
 }
 
-/// Lines without timestamps and random ids: ids become labels in order of
-/// appearance (`T1`, `S1`…), ports of clients `*`.
-pub fn labelled(spans: &[Reported], known: &[(&str, &str)]) -> Vec<String> {
-    let mut labels: HashMap<String, String> = known.iter().map(|(id, l)| ((*id).to_owned(), (*l).to_owned())).collect();
-    let (mut traces, mut ids) = (0, 0);
-    let mut label = |id: &str, trace: bool| -> String {
-        if let Some(l) = labels.get(id) {
+/// Stable names for random ids, in order of first appearance: traces
+/// `T1`, `T2`…, spans `S1`, `S2`…; ids given up front keep their names.
+#[derive(Debug, Default)]
+pub struct Labels {
+    map: HashMap<String, String>,
+    traces: usize,
+    spans: usize,
+}
+
+impl Labels {
+    /// Labels with some ids named already (e.g. the client's own).
+    pub fn with(known: &[(&str, &str)]) -> Labels {
+        Labels { map: known.iter().map(|(id, l)| ((*id).to_owned(), (*l).to_owned())).collect(), ..Labels::default() }
+    }
+
+    fn name(&mut self, id: &str, trace: bool) -> String {
+        if let Some(l) = self.map.get(id) {
             return l.clone();
         }
         let l = if trace {
-            traces += 1;
-            format!("T{traces}")
+            self.traces += 1;
+            format!("T{}", self.traces)
         } else {
-            ids += 1;
-            format!("S{ids}")
+            self.spans += 1;
+            format!("S{}", self.spans)
         };
-        labels.insert(id.to_owned(), l.clone());
+        self.map.insert(id.to_owned(), l.clone());
         l
-    };
-    spans
-        .iter()
-        .map(|r| {
-            let s = &r.span;
-            let trace = label(&s.trace_id, true);
-            let span = label(&s.span_id, false);
-            let parent = s.parent_id.as_deref().map_or("-".to_owned(), |p| label(p, false));
-            format!(
-                "{:<8} {:<10} {} {} {} [{}:*]->[{}] traceparent=[00-{trace}-{span}[{parent}]-{:02x}]",
-                r.service,
-                s.kind.beyla_type(),
-                s.status,
-                s.method,
-                s.path,
-                s.client.ip(),
-                s.server,
-                s.flags
-            )
-        })
-        .collect()
+    }
+
+    /// A span without timestamps, client port or random ids.
+    pub fn span_line(&mut self, r: &Reported) -> String {
+        let s = &r.span;
+        let trace = self.name(&s.trace_id, true);
+        let span = self.name(&s.span_id, false);
+        let parent = s.parent_id.as_deref().map_or("-".to_owned(), |p| self.name(p, false));
+        format!(
+            "{:<8} {:<10} {} {} {} [{}]->[{}] traceparent=[00-{trace}-{span}[{parent}]-{:02x}]",
+            r.service,
+            s.kind.beyla_type(),
+            s.status,
+            s.method,
+            s.path,
+            // the client's port is the kernel's choice
+            match s.client.ip() {
+                std::net::IpAddr::V4(ip) => format!("{ip}:*"),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]:*"),
+            },
+            s.server,
+            s.flags
+        )
+    }
+
+    /// A received traceparent with its ids named (`00-T1-S2-01`) when it is
+    /// valid (W3C); an invalid one is shown as is, quoted.
+    pub fn traceparent(&mut self, tp: &str) -> String {
+        match tclab_datapath::w3c::parse_traceparent(tp.as_bytes()) {
+            Ok(_) => {
+                let parts: Vec<&str> = tp.split('-').collect();
+                format!("{}-{}-{}-{}", parts[0], self.name(parts[1], true), self.name(parts[2], false), parts[3])
+            }
+            Err(_) => format!("{tp:?}"),
+        }
+    }
+}
+
+/// [`Labels::span_line`] for every span, with fresh labels.
+pub fn labelled(spans: &[Reported], known: &[(&str, &str)]) -> Vec<String> {
+    let mut l = Labels::with(known);
+    spans.iter().map(|r| l.span_line(r)).collect()
 }
