@@ -148,3 +148,22 @@ fn disabled_mode_leaves_three_traces() {
     assert_eq!(spans.len(), traced::EXPECTED.len(), "the agents still report spans");
     assert!(traced::check_one_trace(&spans, None).is_err(), "no propagation, no single trace");
 }
+
+#[test]
+fn a_services_scenario_runs_through_the_lab_runner() {
+    if !require::root("a_services_scenario_runs_through_the_lab_runner") {
+        return;
+    }
+    // the path `tclab run` and the kernel matrix take (services started from
+    // the tclab binary found next to this test binary)
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let scenario = tclab_lab::scenario::load_scenario(&dir.join("propagation-chain-headers.toml")).expect("valid");
+    let opts = tclab_lab::runner::RunOptions {
+        kernel: tclab_lab::runner::KernelContext::probe_running("host"),
+        snapshots: tclab_lab::snapshot::SnapshotStore::new(dir.join("snapshots")),
+        writes: tclab_lab::snapshot::PendingWrites::from_env(),
+        results_dir: None,
+    };
+    let outcome = tclab_lab::runner::run_one(&scenario, &opts);
+    assert_eq!(outcome.status, tclab_lab::runner::Status::Passed, "{:?}\n{}", outcome.status, outcome.diff.unwrap_or_default());
+}

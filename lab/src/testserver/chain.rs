@@ -49,12 +49,24 @@ pub struct ChainOptions {
     pub forwarding: Vec<String>,
     /// Services keep their downstream connection between requests.
     pub downstream_keepalive: bool,
+    /// Run this instead of `tclab testserver serve` as the worker (the
+    /// last service): program and arguments, to which `--listen IP:PORT`
+    /// is appended; it must print `ready …` once listening (e.g. a server
+    /// instrumented with an OpenTelemetry SDK).
+    pub worker_command: Option<Vec<String>>,
 }
 
 impl ChainOptions {
     /// IPv4, no cgroups, nobody forwards, keep-alive downstream.
     pub fn new(exe: impl Into<PathBuf>) -> ChainOptions {
-        ChainOptions { exe: exe.into(), ipv6: false, cgroups: false, forwarding: Vec::new(), downstream_keepalive: true }
+        ChainOptions {
+            exe: exe.into(),
+            ipv6: false,
+            cgroups: false,
+            forwarding: Vec::new(),
+            downstream_keepalive: true,
+            worker_command: None,
+        }
     }
 }
 
@@ -107,6 +119,7 @@ impl Chain {
     /// Namespace, link, cgroup or process errors, naming the service.
     pub fn start(opts: &ChainOptions) -> anyhow::Result<Chain> {
         if !opts.exe.is_file() {
+            // (the worker may be another program, but the others are tclab)
             bail!("the tclab binary {} does not exist", opts.exe.display());
         }
         let seq = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -151,7 +164,15 @@ impl Chain {
             if !opts.downstream_keepalive {
                 args.push("--no-downstream-keepalive".into());
             }
-            let (child, _) = spawn_in(&opts.exe, &args, &ns, cgroup.as_deref())
+            let (program, args) = match (&opts.worker_command, k + 1 == SERVICES.len()) {
+                (Some(cmd), true) if !cmd.is_empty() => {
+                    let mut a = cmd[1..].to_vec();
+                    a.extend(["--listen".to_owned(), listen.to_string()]);
+                    (PathBuf::from(&cmd[0]), a)
+                }
+                _ => (opts.exe.clone(), args),
+            };
+            let (child, _) = spawn_in(&program, &args, &ns, cgroup.as_deref())
                 .with_context(|| format!("failed to start service {name}"))?;
             let ifaces = if k + 1 < SERVICES.len() { vec!["eth0".into(), "eth1".into()] } else { vec!["eth0".into()] };
             let pid = child.id();
@@ -192,6 +213,26 @@ impl Drop for Chain {
         self.services.clear();
         // cgroups (now empty) go with self.cgroups
     }
+}
+
+/// Run `program args` to completion inside `ns`; its output.
+///
+/// # Errors
+/// When it cannot be started.
+pub fn run_in(ns: &NetNs, program: &Path, args: &[String]) -> anyhow::Result<std::process::Output> {
+    let ns_fd = ns.fd().as_raw_fd();
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).env_remove(crate::guest::GUEST_ENV);
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().with_context(|| format!("failed to run {} {}", program.display(), args.join(" ")))
 }
 
 /// Spawn `exe args` inside `ns` (and `cgroup`), dying with this thread's
