@@ -62,7 +62,7 @@ fn quick_bench_reports_every_section_with_plausible_figures() {
     }
     let sections = report["sections"].as_array().expect("sections");
     let names: Vec<&str> = sections.iter().filter_map(|s| s["section"].as_str()).collect();
-    assert_eq!(names, ["packet", "ct", "verifier", "replay", "footprint", "lab"]);
+    assert_eq!(names, ["packet", "ct", "verifier", "replay", "footprint", "lab", "propagation"]);
     for s in sections {
         assert!(s["error"].is_null(), "section {} failed: {}", s["section"], s["error"]);
         assert!(!rows(s).is_empty(), "section {} has no rows", s["section"]);

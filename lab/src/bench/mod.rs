@@ -11,7 +11,9 @@
 //! * `verifier`: instructions processed per program, vs the reviewed snapshot ([`verifier`]);
 //! * `replay`: packets/s through the agent's chain and its event loss ([`replay`]);
 //! * `footprint`: RSS and CPU of `tclab-agent run` at ~10k spans/s ([`footprint`]);
-//! * `lab`: `tclab run` per scenario and QEMU boots per cached kernel ([`labspeed`]).
+//! * `lab`: `tclab run` per scenario and QEMU boots per cached kernel ([`labspeed`]);
+//! * `propagation`: requests/s and p99 of the three-service chain with context
+//!   propagation on vs off ([`propagation`]).
 
 pub mod ct;
 pub mod footprint;
@@ -19,6 +21,7 @@ pub mod inject;
 pub mod labspeed;
 pub mod machine;
 pub mod packet;
+pub mod propagation;
 pub mod replay;
 pub mod report;
 pub mod stats;
@@ -41,12 +44,20 @@ pub enum Section {
     Replay,
     Footprint,
     Lab,
+    Propagation,
 }
 
 impl Section {
     /// Every section, in report order.
-    pub const ALL: [Section; 6] =
-        [Section::Packet, Section::Ct, Section::Verifier, Section::Replay, Section::Footprint, Section::Lab];
+    pub const ALL: [Section; 7] = [
+        Section::Packet,
+        Section::Ct,
+        Section::Verifier,
+        Section::Replay,
+        Section::Footprint,
+        Section::Lab,
+        Section::Propagation,
+    ];
 
     /// The name on the command line and in the JSON report.
     pub fn name(self) -> &'static str {
@@ -57,6 +68,7 @@ impl Section {
             Section::Replay => "replay",
             Section::Footprint => "footprint",
             Section::Lab => "lab",
+            Section::Propagation => "propagation",
         }
     }
 
@@ -141,6 +153,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> anyhow::Resul
             Section::Replay => replay::run(opts.quick),
             Section::Footprint => opts.agent_binary().and_then(|agent| footprint::run(&agent, opts.quick)),
             Section::Lab => labspeed::run(opts),
+            Section::Propagation => propagation::run(opts.quick),
         };
         let mut s = result.unwrap_or_else(|e| SectionReport::failed(section, format!("{e:#}")));
         s.seconds = started.elapsed().as_secs_f64();
@@ -153,7 +166,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> anyhow::Resul
 /// `tclab bench` arguments.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Sections to run (default: all): packet, ct, verifier, replay, footprint, lab.
+    /// Sections to run (default: all): packet, ct, verifier, replay, footprint, lab, propagation.
     pub sections: Vec<String>,
     /// Print the report as JSON instead of Markdown tables.
     #[arg(long)]

@@ -1,0 +1,35 @@
+//! `tclab bench propagation --quick --json`: the propagation benchmark
+//! section runs and reports plausible figures. Not a timed test: the 5%
+//! target is a figure of the report, never asserted here.
+
+use serde_json::Value;
+
+#[test]
+fn the_propagation_section_reports_both_sides_of_the_ratio() {
+    if !tclab_net::require::root("the_propagation_section_reports_both_sides_of_the_ratio") {
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tclab"))
+        .args(["bench", "propagation", "--quick", "--json"])
+        .output()
+        .expect("run tclab bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tclab bench propagation failed ({}):\n{stderr}", out.status);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let s = &report["sections"][0];
+    assert_eq!(s["section"], "propagation");
+    assert!(s["error"].is_null(), "{}", s["error"]);
+    let row = |name: &str| -> &Value {
+        s["rows"].as_array().and_then(|r| r.iter().find(|r| r["name"] == name)).unwrap_or_else(|| panic!("no row {name}: {s:#}"))
+    };
+    let off = row("requests/s, propagation=disabled")["value"].as_f64().expect("a number");
+    assert!(off > 10.0, "the chain answers requests: {off} req/s");
+    for mode in ["headers", "all"] {
+        let on = row(&format!("requests/s, propagation={mode}"));
+        assert_eq!(on["baseline"].as_f64(), Some(off), "{mode}: compared with the same run's baseline");
+        assert!(on["value"].as_f64().is_some_and(|v| v > 10.0), "{mode}: {on}");
+        let loss = row(&format!("throughput loss, propagation={mode}"));
+        assert!(loss["met"].is_boolean() && loss["target"].is_object(), "{mode}: the target is reported: {loss}");
+        assert!(row(&format!("p99 latency, propagation={mode}"))["ratio"].as_f64().is_some_and(|r| r > 0.0));
+    }
+}
