@@ -307,8 +307,10 @@ fn qemu_scenario_rows(opts: &BenchOptions, kernel: &CachedKernel, files: &[PathB
     let n = scenarios.len();
     // first_scenario_ms is the first *result* record: the end of the first
     // scenario. Its own run time (measured in the guest) is not lab overhead.
-    let first_run = scenarios.first().and_then(|s| s["duration_ms"].as_f64()).unwrap_or(0.0);
-    let first_name = scenarios.first().and_then(|s| s["scenario"].as_str()).unwrap_or("?").to_owned();
+    // the capability table is listed first but is not a scenario run
+    let first_real = scenarios.iter().find(|s| s["scenario"] != "capabilities");
+    let first_run = first_real.and_then(|s| s["duration_ms"].as_f64()).unwrap_or(0.0);
+    let first_name = first_real.and_then(|s| s["scenario"].as_str()).unwrap_or("?").to_owned();
     let starts = (first - first_run).max(0.0);
     Ok(vec![
         Row::ratio(format!("QEMU {name}: lab cell, start → first scenario starts"), starts, bare_first, "ms")
