@@ -50,9 +50,12 @@ fn bad(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
+/// A start line and its headers.
+type Head = (String, Vec<(String, String)>);
+
 /// Read the head (start line + headers) up to the blank line. `Ok(None)`
 /// when the peer closed before sending anything.
-fn read_head<R: Read>(r: &mut BufReader<R>) -> io::Result<Option<(String, Vec<(String, String)>)>> {
+fn read_head<R: Read>(r: &mut BufReader<R>) -> io::Result<Option<Head>> {
     let mut start = String::new();
     let mut total = 0usize;
     if r.read_line(&mut start)? == 0 {

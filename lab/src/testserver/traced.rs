@@ -62,7 +62,7 @@ impl TracedChain {
             };
             let agent = svc
                 .ns
-                .try_run(|| Agent::start(cfg))?
+                .try_run(|| Agent::start(cfg).map_err(anyhow::Error::from))?
                 .with_context(|| format!("failed to start the agent of {}", svc.name))?;
             agents.push((svc.name, agent));
         }
