@@ -76,10 +76,15 @@ fn services_live_in_their_cgroups_and_nothing_is_left_behind() {
     if !require::root("services_live_in_their_cgroups_and_nothing_is_left_behind") {
         return;
     }
+    // what a SIGKILLed run (pid gone) left behind is removed by the next one
+    let mount = tclab_lab::testserver::cgroup::find_cgroup2_mount().expect("cgroup2");
+    let stale = mount.join("tclab-4194303-0");
+    std::fs::create_dir_all(stale.join("frontend")).expect("stale cgroup");
     let mut opts = options();
     opts.cgroups = true;
     opts.downstream_keepalive = false;
     let chain = Chain::start(&opts).expect("chain starts");
+    assert!(!stale.exists(), "the stale cgroup of a dead run is gone");
     let (status, doc) = chain.get(&[]).expect("GET /traceme");
     assert_eq!(status, 200, "{doc}");
     let mut pids = Vec::new();

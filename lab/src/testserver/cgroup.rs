@@ -52,6 +52,7 @@ impl CgroupRoot {
                 (tmp.path().to_path_buf(), Some(tmp))
             }
         };
+        remove_stale(&base);
         let dir = base.join(format!("tclab-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir(&dir).with_context(|| format!("failed to create cgroup {}", dir.display()))?;
         Ok(CgroupRoot { dir, children: Vec::new(), mounted })
@@ -85,6 +86,32 @@ impl CgroupRoot {
 pub fn cgroup_id(path: &Path) -> anyhow::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::metadata(path).with_context(|| format!("failed to stat cgroup {}", path.display()))?.ino())
+}
+
+/// Folders of runs that were killed before they could remove theirs
+/// (`tclab-<pid>-<seq>` whose pid is gone): empty, so rmdir takes them.
+fn remove_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("tclab-")).and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        if let Ok(children) = std::fs::read_dir(&dir) {
+            for c in children.flatten().filter(|c| c.path().is_dir()) {
+                let _ = std::fs::remove_dir(c.path());
+            }
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => tracing::info!("removed the cgroup {} of a run that was killed", dir.display()),
+            Err(e) => tracing::debug!(error = %e, "left {}", dir.display()),
+        }
+    }
 }
 
 /// rmdir, retrying while the kernel still counts exiting processes in it.
