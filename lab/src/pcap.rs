@@ -197,7 +197,22 @@ fn read_pcapng(path: &Path, bytes: &[u8]) -> Result<Vec<Packet>, PcapError> {
     let mut seen_header = false;
     while !rest.is_empty() {
         let index = packets.len() + 1;
-        let parsed = if rest.get(..4) == Some(&[0x0a, 0x0d, 0x0d, 0x0a]) {
+        // pcap-parser 0.16 subtracts 12 from a block's length unchecked for
+        // block types with a shorter header (process information: overflow
+        // panic in debug builds): refuse such lengths first.
+        let shb = rest.get(..4) == Some(&[0x0a, 0x0d, 0x0d, 0x0a]);
+        if let Some(l) = rest.get(4..8).filter(|_| !shb)
+            && let l = [l[0], l[1], l[2], l[3]]
+            && let len = if big_endian { u32::from_be_bytes(l) } else { u32::from_le_bytes(l) }
+            && len < 12
+        {
+            return Err(PcapError::Corrupt {
+                path: path.to_path_buf(),
+                packet: index,
+                detail: format!("pcapng block length {len} is shorter than a block's type, length and trailer (12 bytes)"),
+            });
+        }
+        let parsed = if shb {
             pcap_parser::parse_sectionheaderblock(rest).map(|(r, b)| (r, Block::SectionHeader(b)))
         } else if big_endian {
             pcap_parser::parse_block_be(rest)
