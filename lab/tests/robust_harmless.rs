@@ -329,3 +329,29 @@ fn altered_packets_have_valid_lengths_and_checksums() {
         eprintln!("{name}: {} of {} output frames altered, all valid for tshark", altered.len(), outputs.len());
     }
 }
+
+/// A jumbo frame (9000-byte payload) does not fit the lab's veth (MTU
+/// 1500): `tclab replay` stops with an error naming the capture, the packet,
+/// its size and the reason, and leaves nothing half-done behind it.
+#[test]
+fn jumbo_frames_are_a_clear_replay_error() {
+    if !root("robust_harmless::jumbo_frames_are_a_clear_replay_error") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (c, s) = (sa("10.0.0.1:40000"), sa("10.0.0.2:80"));
+    let mut body = frames::request("POST", "/upload", &["Content-Length: 8900"]);
+    body.resize(body.len() + 8900, b'x');
+    let jumbo = frames::tcp(c, s, TCP_ACK | TCP_PSH, &body);
+    let pcap = dir.path().join("jumbo.pcap");
+    write(&pcap, &[frames::tcp(c, s, TCP_SYN, b""), jumbo.clone()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_tclab"))
+        .args(["replay", pcap.to_str().expect("utf-8"), "--local", "10.0.0.2"])
+        .output()
+        .expect("run tclab replay");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a frame larger than the MTU cannot be replayed: {stderr}");
+    for want in ["jumbo.pcap", "packet 2", &format!("{}-byte frame", jumbo.len()), "Message too long"] {
+        assert!(stderr.contains(want), "the error names {want:?}: {stderr}");
+    }
+}
