@@ -88,6 +88,8 @@ where
         sink.error("guest work", format!("panicked: {what}"));
     }
     let errors = sink.errors().to_vec();
+    // No heartbeat after the final record (the host checks the stream ends there).
+    quiet.store(true, Ordering::Relaxed);
     write_record(&Record::Final { ok: errors.is_empty(), errors });
     power_off()
 }

@@ -147,6 +147,11 @@ impl ConsoleParser {
         };
         let err = |reason: String| ProtocolError { line: self.line, reason, text: shorten(text) };
         let record = parse_record(&text[at + RECORD_PREFIX.len()..]).map_err(err)?;
+        // The heartbeat thread may get one line out between the final record
+        // and the reboot: harmless, unlike any other record after the end.
+        if self.seen_final && record == Record::Heartbeat {
+            return Ok(Event::Record { record, glued: None });
+        }
         if self.seen_final {
             let reason = if matches!(record, Record::Final { .. }) { "a second final record" } else { "a record after the final record" };
             return Err(ProtocolError { line: self.line, reason: reason.into(), text: shorten(text) });
