@@ -21,3 +21,4 @@ pub mod report;
 pub mod shard;
 pub mod difffuzz;
 pub mod fuzz_targets;
+pub mod soak;

@@ -115,6 +115,10 @@ enum Command {
     /// validator: BPF classifiers (BPF_PROG_TEST_RUN) against the Rust
     /// reference on generated inputs. Exits 1 on any disagreement.
     FuzzDatapath(tclab_lab::difffuzz::Args),
+    /// The agent under load: a million packets through a running tclab-agent
+    /// whose CT table overflows; checks it keeps running, its memory stays
+    /// bounded and every lost event is counted. Exits 1 when a check fails.
+    Soak(tclab_lab::soak::Args),
     /// Test services for context propagation: HTTP servers that call each
     /// other in a chain, each in its own network namespace.
     Testserver(tclab_lab::testserver::TestserverArgs),
@@ -239,6 +243,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => tclab_lab::bench::main(args),
         Command::FuzzDatapath(args) => tclab_lab::difffuzz::main(args),
+        Command::Soak(args) => tclab_lab::soak::main(args),
         Command::Testserver(args) => tclab_lab::testserver::main(args),
         Command::Doctor { output } => {
             let checks = doctor::checks();
