@@ -30,9 +30,11 @@ const TIMING_COUNTERS: [&str; 1] = ["tc_packets"];
 /// When none of them exists.
 pub fn tclab_binary() -> anyhow::Result<std::path::PathBuf> {
     let me = std::env::current_exe().context("failed to find the running binary")?;
-    let name = me.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
-    if name == "tclab" || me == std::path::Path::new("/init") {
-        return Ok(me);
+    let name = me.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    // A rebuild during the run replaces the file (its path then ends in
+    // " (deleted)"); /proc/self/exe still runs the very binary that is running.
+    if name.strip_suffix(" (deleted)").unwrap_or(name) == "tclab" || me == std::path::Path::new("/init") {
+        return Ok(std::path::PathBuf::from("/proc/self/exe"));
     }
     if let Some(p) = std::env::var_os("TCLAB_BIN") {
         return Ok(p.into());
