@@ -20,6 +20,13 @@
 //! * a request that reaches neither its header end nor a traceparent leaves
 //!   the connection "pending" (split request); so does a segment of 1..7
 //!   bytes that is the start of a method and its space (no event then).
+//!
+//! [`Conn`] follows one connection's direction over several segments, as
+//! `README.md` describes split requests: the next segment of a pending
+//! request is a continuation scanned with the unfinished last line (at most
+//! [`CARRY`] bytes) in front, or without a line start when that line was
+//! longer; a method prefix is completed by the next segment; a segment
+//! copied or scanned only in part leaves "a line starts next".
 
 use crate::types::{PAYLOAD_CAPTURE, TRACEPARENT_LEN, TRACESTATE_MAX};
 use crate::w3c::parse_traceparent;
@@ -32,6 +39,8 @@ pub const SCAN: usize = 640;
 pub const MAX_LINES: usize = 64;
 /// Spaces/tabs skipped on each side of a traceparent value (`TP_MAX_OWS`).
 pub const MAX_OWS: usize = 16;
+/// Longest unfinished line carried to the next segment (`TCLAB_HTTP_CARRY`).
+pub const CARRY: usize = 16;
 
 /// The request methods, each followed by a space on the wire.
 pub const METHODS: [&str; 9] = ["GET", "PUT", "HEAD", "POST", "TRACE", "PATCH", "DELETE", "CONNECT", "OPTIONS"];
@@ -42,6 +51,8 @@ pub enum Kind {
     None,
     Request,
     Response,
+    /// A later segment of a request whose head was split.
+    Continuation,
 }
 
 /// The traceparent outcome of a request.
@@ -63,6 +74,10 @@ pub struct Expected {
     pub traceparent: Tp,
     /// Empty when there is no tracestate header.
     pub tracestate: Vec<u8>,
+    /// Leading bytes of `captured` kept from the previous segment.
+    pub carried: usize,
+    /// `captured[0]` starts a line.
+    pub line_start: bool,
 }
 
 /// What the classifiers do with the first data segment of a connection.
@@ -114,14 +129,12 @@ fn starts_with_ci(hay: &[u8], name: &[u8]) -> bool {
     hay.len() >= name.len() && hay[..name.len()].eq_ignore_ascii_case(name)
 }
 
-/// Payload offsets where a line starts, as the scan records them.
-fn line_starts(data: &[u8]) -> Vec<usize> {
-    data.iter()
-        .enumerate()
-        .filter(|&(i, &c)| c == b'\n' && i + 1 < SCAN)
-        .map(|(i, _)| i + 1)
-        .take(MAX_LINES)
-        .collect()
+/// Offsets of `data` where a line starts, as the scan records them: 0
+/// when the data starts a line, then after every LF, before [`SCAN`], at
+/// most [`MAX_LINES`].
+fn line_starts(data: &[u8], starts_line: bool) -> Vec<usize> {
+    let after_lf = data.iter().enumerate().filter(|&(i, &c)| c == b'\n' && i + 1 < SCAN).map(|(i, _)| i + 1);
+    starts_line.then_some(0).into_iter().chain(after_lf).take(MAX_LINES).collect()
 }
 
 /// The traceparent decision for the value after `traceparent:` at `at`.
@@ -154,26 +167,18 @@ fn tracestate_at(data: &[u8], at: usize) -> Vec<u8> {
     rest[lead..].iter().take_while(|&&c| c != b'\r' && c != b'\n' && c != 0).take(TRACESTATE_MAX).copied().collect()
 }
 
-/// The reference outcome for `payload`, the first data segment of a connection.
-pub fn first_segment(payload: &[u8]) -> Outcome {
-    let kind = classify(payload);
-    if kind == Kind::None {
-        return Outcome { event: None, pending: is_method_prefix(payload) };
-    }
-    let data = &payload[..payload.len().min(COPY)];
-    let captured = data[..data.len().min(PAYLOAD_CAPTURE)].to_vec();
-    let mut ev = Expected {
-        kind,
-        payload_len: payload.len(),
-        captured,
-        traceparent: Tp::Missing,
-        tracestate: Vec::new(),
-    };
-    if kind == Kind::Response {
-        return Outcome { event: Some(ev), pending: false };
-    }
+/// What the scan of one segment's data found.
+struct Scan {
+    traceparent: Tp,
+    tracestate: Vec<u8>,
+    end: bool,
+    starts: Vec<usize>,
+}
+
+fn scan(data: &[u8], starts_line: bool) -> Scan {
+    let starts = line_starts(data, starts_line);
     let (mut tp_at, mut ts_at, mut end) = (None, None, false);
-    for p in line_starts(data) {
+    for &p in &starts {
         let line = &data[p..];
         if starts_with_ci(line, b"traceparent:") {
             tp_at.get_or_insert(p + "traceparent:".len());
@@ -184,14 +189,107 @@ pub fn first_segment(payload: &[u8]) -> Outcome {
             break;
         }
     }
-    if let Some(at) = tp_at {
-        ev.traceparent = traceparent_at(data, at);
+    Scan {
+        traceparent: tp_at.map_or(Tp::Missing, |at| traceparent_at(data, at)),
+        tracestate: ts_at.map(|at| tracestate_at(data, at)).unwrap_or_default(),
+        end,
+        starts,
     }
-    if let Some(at) = ts_at {
-        ev.tracestate = tracestate_at(data, at);
+}
+
+/// What a pending request leaves for the next segment of its direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Carry {
+    /// 1..7 bytes that may start a method.
+    Prefix(Vec<u8>),
+    /// The unfinished last line (empty: the next segment starts a line).
+    Line(Vec<u8>),
+    /// Inside a line longer than [`CARRY`]: no line starts the next segment.
+    MidLine,
+}
+
+/// One direction of one connection, segment by segment.
+#[derive(Debug, Clone, Default)]
+pub struct Conn {
+    carry: Option<Carry>,
+}
+
+impl Conn {
+    /// A fresh connection.
+    pub fn new() -> Conn {
+        Conn::default()
     }
-    let pending = !end && ev.traceparent == Tp::Missing;
-    Outcome { event: Some(ev), pending }
+
+    /// Whether a request head is pending (the CT entry's `HTTP_PENDING`).
+    pub fn pending(&self) -> bool {
+        self.carry.is_some()
+    }
+
+    /// The next data segment of this direction: the event it produces, if any.
+    pub fn segment(&mut self, payload: &[u8]) -> Option<Expected> {
+        let kind = classify(payload);
+        let seg = &payload[..payload.len().min(COPY)];
+        let (kind, carried, starts_line) = match (kind, self.carry.clone()) {
+            (Kind::None, Some(Carry::Prefix(p))) => {
+                let both = [&p[..], seg].concat();
+                if classify(&both) == Kind::Request {
+                    (Kind::Request, p, false)
+                } else {
+                    self.carry = (both.len() < 8 && is_method_prefix(&both)).then_some(Carry::Prefix(both));
+                    return None;
+                }
+            }
+            (Kind::None, Some(Carry::Line(c))) => (Kind::Continuation, c, true),
+            (Kind::None, Some(Carry::MidLine)) => (Kind::Continuation, Vec::new(), false),
+            (Kind::None, None) => {
+                if is_method_prefix(payload) {
+                    self.carry = Some(Carry::Prefix(payload.to_vec()));
+                }
+                return None;
+            }
+            (k, _) => (k, Vec::new(), false),
+        };
+        let data = [&carried[..], seg].concat();
+        let mut ev = Expected {
+            kind,
+            payload_len: payload.len(),
+            captured: data[..data.len().min(PAYLOAD_CAPTURE)].to_vec(),
+            traceparent: Tp::Missing,
+            tracestate: Vec::new(),
+            carried: carried.len(),
+            line_start: kind != Kind::Continuation || starts_line,
+        };
+        if kind == Kind::Response {
+            // responses leave a pending request alone
+            return Some(ev);
+        }
+        let sc = scan(&data, starts_line);
+        ev.traceparent = sc.traceparent;
+        ev.tracestate = sc.tracestate;
+        self.carry = if sc.end || ev.traceparent != Tp::Missing {
+            None
+        } else if seg.len() < payload.len() || data.len() + 1 > SCAN || sc.starts.len() >= MAX_LINES {
+            // only what the scan saw is trusted: a line starts next
+            Some(Carry::Line(Vec::new()))
+        } else {
+            let start = match sc.starts.last() {
+                Some(&p) => Some(p),
+                None => (kind == Kind::Request || starts_line).then_some(0),
+            };
+            match start {
+                Some(p) if data.len() - p <= CARRY => Some(Carry::Line(data[p..].to_vec())),
+                _ => Some(Carry::MidLine),
+            }
+        };
+        Some(ev)
+    }
+}
+
+/// The reference outcome for `payload`, the first data segment of a connection.
+pub fn first_segment(payload: &[u8]) -> Outcome {
+    let mut c = Conn::new();
+    let event = c.segment(payload);
+    Outcome { event, pending: c.pending() }
 }
 
 #[cfg(test)]

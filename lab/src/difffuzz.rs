@@ -31,7 +31,7 @@ use rand::{Rng, SeedableRng};
 
 use tclab_datapath::events::Event as Decoded;
 use tclab_datapath::frames::{self, TCP_ACK, TCP_PSH};
-use tclab_datapath::http_ref::{self, Kind, METHODS, Outcome, Tp};
+use tclab_datapath::http_ref::{Conn, Kind, METHODS, Outcome, Tp};
 use tclab_datapath::loader::{Datapath, DatapathConfig, Hook, MAP_CT, MAP_EVENTS};
 use tclab_datapath::types::{
     Counter, CtEntry, CtTuple, EventKind, HttpEvent, PAYLOAD_CAPTURE, TRACEPARENT_LEN, TraceparentStatus,
@@ -102,7 +102,10 @@ fn save(dir: &Path, d: &Disagreement) -> anyhow::Result<PathBuf> {
     use sha2::Digest as _;
     std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
     let name = hex::encode(&sha2::Sha256::digest(&d.payload)[..8]);
-    let path = dir.join(format!("{name}.bin"));
+    let path = match d.split {
+        Some(k) => dir.join(format!("{name}.split{k}.bin")),
+        None => dir.join(format!("{name}.bin")),
+    };
     std::fs::write(&path, &d.payload).with_context(|| format!("failed to write {}", path.display()))?;
     Ok(path)
 }
@@ -150,6 +153,8 @@ pub fn builtin_seeds() -> Vec<Vec<u8>> {
 pub struct Disagreement {
     pub input: u64,
     pub payload: Vec<u8>,
+    /// Where the payload was cut into two segments, if it was.
+    pub split: Option<usize>,
     pub detail: String,
 }
 
@@ -159,6 +164,9 @@ pub struct Summary {
     pub inputs: u64,
     pub requests: u64,
     pub responses: u64,
+    /// Inputs sent as two segments of one connection.
+    pub splits: u64,
+    pub continuations: u64,
     pub no_event: u64,
     pub tp_valid: u64,
     pub tp_invalid: u64,
@@ -175,8 +183,8 @@ impl Summary {
         self.inputs as f64 / started.elapsed().as_secs_f64().max(1e-9)
     }
 
+    /// Count one segment's outcome.
     fn count(&mut self, o: &Outcome) {
-        self.inputs += 1;
         self.pending += u64::from(o.pending);
         match &o.event {
             None => self.no_event += 1,
@@ -184,6 +192,7 @@ impl Summary {
                 match e.kind {
                     Kind::Request => self.requests += 1,
                     Kind::Response => self.responses += 1,
+                    Kind::Continuation => self.continuations += 1,
                     Kind::None => {}
                 }
                 match e.traceparent {
@@ -199,11 +208,13 @@ impl Summary {
     /// One line per figure.
     pub fn text(&self) -> String {
         format!(
-            "{} inputs in {:.1} s ({:.0}/s): {} requests ({} valid traceparent, {} invalid, {} with tracestate), {} responses, {} without event, {} left pending, {} refused by the agent's decoder; {} disagreements",
+            "{} inputs ({} split in two segments) in {:.1} s ({:.0}/s): {} requests, {} continuations ({} valid traceparent, {} invalid, {} with tracestate), {} responses, {} segments without event, {} left pending, {} refused by the agent's decoder; {} disagreements",
             self.inputs,
+            self.splits,
             self.seconds,
             self.inputs as f64 / self.seconds.max(1e-9),
             self.requests,
+            self.continuations,
             self.tp_valid,
             self.tp_invalid,
             self.tracestates,
@@ -283,11 +294,17 @@ impl Fuzzer {
             let framing = [Framing::V4, Framing::V4, Framing::V6, Framing::Vlan, Framing::V4Options]
                 [generator.rng.gen_range(0..5)];
             let hook = if generator.rng.gen_bool(0.5) { Hook::Egress } else { Hook::Ingress };
-            let expected = http_ref::first_segment(&payload);
-            if let Err(detail) = self.check(&payload, framing, hook, &expected)? {
-                summary.disagreements.push(Disagreement { input: i, payload: payload.clone(), detail: format!("input {i}: {detail}") });
+            let split = generator.split_point(&payload);
+            summary.inputs += 1;
+            summary.splits += u64::from(split.is_some());
+            match self.check(&payload, split, framing, hook)? {
+                Ok(outcomes) => outcomes.iter().for_each(|o| summary.count(o)),
+                Err((outcomes, detail)) => {
+                    outcomes.iter().for_each(|o| summary.count(o));
+                    let at = split.map(|k| format!(" split at {k}")).unwrap_or_default();
+                    summary.disagreements.push(Disagreement { input: i, payload: payload.clone(), split, detail: format!("input {i}{at}: {detail}") });
+                }
             }
-            summary.count(&expected);
             if i % 10_000 == 9_999 {
                 summary.seconds = started.elapsed().as_secs_f64();
                 progress(&summary);
@@ -308,6 +325,7 @@ impl Fuzzer {
             summary.disagreements.push(Disagreement {
                 input: summary.inputs,
                 payload: Vec::new(),
+                split: None,
                 detail: format!(
                     "counters (requests, responses, traceparent valid, invalid, events lost): kernel {delta:?}, reference {want:?}"
                 ),
@@ -316,17 +334,75 @@ impl Fuzzer {
         Ok(())
     }
 
-    /// Run one payload on a fresh connection and compare with the reference.
-    /// Outer error: the run itself failed; inner: a disagreement.
+    /// Cut `payload` in two segments at every byte, each cut on a fresh
+    /// connection, alternating hooks and framings.
+    ///
+    /// # Errors
+    /// A failing BPF_PROG_TEST_RUN or map read.
+    pub fn every_split(&mut self, payload: &[u8]) -> anyhow::Result<Summary> {
+        let mut summary = Summary::default();
+        let started = Instant::now();
+        for k in 1..payload.len() {
+            let framing = [Framing::V4, Framing::V6, Framing::Vlan, Framing::V4Options][k % 4];
+            let hook = if k % 2 == 0 { Hook::Egress } else { Hook::Ingress };
+            summary.inputs += 1;
+            summary.splits += 1;
+            match self.check(payload, Some(k), framing, hook)? {
+                Ok(outcomes) => outcomes.iter().for_each(|o| summary.count(o)),
+                Err((outcomes, detail)) => {
+                    outcomes.iter().for_each(|o| summary.count(o));
+                    summary.disagreements.push(Disagreement { input: k as u64, payload: payload.to_vec(), split: Some(k), detail: format!("split at {k}: {detail}") });
+                }
+            }
+        }
+        summary.seconds = started.elapsed().as_secs_f64();
+        Ok(summary)
+    }
+
+    /// Run one payload on a fresh connection, whole or cut in two segments
+    /// at `split`, and compare each segment with the reference. Outer
+    /// error: a run itself failed; inner: the reference outcomes, and a
+    /// disagreement.
+    #[allow(clippy::type_complexity, reason = "private: outcomes either way, and what differed")]
     fn check(
         &mut self,
         payload: &[u8],
+        split: Option<usize>,
         framing: Framing,
         hook: Hook,
-        expected: &Outcome,
-    ) -> anyhow::Result<Result<(), String>> {
+    ) -> anyhow::Result<Result<Vec<Outcome>, (Vec<Outcome>, String)>> {
         self.conns = self.conns.wrapping_add(1);
         let (src, dst) = endpoints(self.conns, matches!(framing, Framing::V6));
+        let segments: Vec<&[u8]> = match split {
+            Some(k) => vec![&payload[..k], &payload[k..]],
+            None => vec![payload],
+        };
+        let mut conn = Conn::new();
+        let mut outcomes = Vec::new();
+        for (n, seg) in segments.iter().enumerate() {
+            let expected = Outcome { event: conn.segment(seg), pending: conn.pending() };
+            let result = self.run_segment(seg, src, dst, framing, hook)?;
+            outcomes.push(expected.clone());
+            let verdict = result.and_then(|(http, pending)| compare(&expected, &http, pending, u8::from(hook == Hook::Egress)));
+            if let Err(d) = verdict {
+                let which = if segments.len() > 1 { format!("segment {}: ", n + 1) } else { String::new() };
+                return Ok(Err((outcomes, format!("{which}{d}"))));
+            }
+        }
+        Ok(Ok(outcomes))
+    }
+
+    /// One segment through one hook: its HTTP events and the connection's
+    /// pending flag after it.
+    #[allow(clippy::type_complexity, reason = "private")]
+    fn run_segment(
+        &mut self,
+        payload: &[u8],
+        src: SocketAddr,
+        dst: SocketAddr,
+        framing: Framing,
+        hook: Hook,
+    ) -> anyhow::Result<Result<(Vec<HttpEvent>, bool), String>> {
         let frame = match framing {
             Framing::V4 | Framing::V6 => frames::tcp(src, dst, TCP_ACK | TCP_PSH, payload),
             Framing::Vlan => frames::tcp_vlan(src, dst, TCP_ACK | TCP_PSH, payload, Some(100)),
@@ -363,8 +439,7 @@ impl Fuzzer {
             Ok(e) => e.has(ct_flags::HTTP_PENDING),
             Err(e) => return Ok(Err(format!("no CT entry for the connection: {e}"))),
         };
-        let dir = u8::from(hook == Hook::Egress);
-        Ok(compare(expected, &http, pending, dir))
+        Ok(Ok((http, pending)))
     }
 }
 
@@ -398,6 +473,7 @@ fn compare(expected: &Outcome, got: &[HttpEvent], pending: bool, dir: u8) -> Res
         (Some(x), [e]) => {
             let kind = match x.kind {
                 Kind::Request => EventKind::HttpRequest,
+                Kind::Continuation => EventKind::HttpContinuation,
                 _ => EventKind::HttpResponse,
             };
             if e.hdr.kind != kind as u32 {
@@ -415,8 +491,11 @@ fn compare(expected: &Outcome, got: &[HttpEvent], pending: bool, dir: u8) -> Res
             if e.payload[x.captured.len()..PAYLOAD_CAPTURE].iter().any(|&b| b != 0) {
                 diffs.push("bytes after the captured payload are not zero".into());
             }
-            if (e.carried_len, e.line_start) != (0, 1) {
-                diffs.push(format!("carried_len {} line_start {} on a first segment", e.carried_len, e.line_start));
+            if (usize::from(e.carried_len), e.line_start) != (x.carried, u8::from(x.line_start)) {
+                diffs.push(format!(
+                    "carried_len {} line_start {}, reference {} {}",
+                    e.carried_len, e.line_start, x.carried, x.line_start
+                ));
             }
             let (status, tp) = match x.traceparent {
                 Tp::Missing => (TraceparentStatus::Missing, [0u8; TRACEPARENT_LEN + 1]),
@@ -459,16 +538,28 @@ pub fn replay_corpus(fuzzer: &mut Fuzzer, dir: &Path) -> anyhow::Result<Summary>
     let before = fuzzer.counters()?;
     for (i, f) in files.iter().enumerate() {
         let payload = std::fs::read(f).with_context(|| format!("failed to read {}", f.display()))?;
-        let expected = http_ref::first_segment(&payload);
+        // `<hash>.split<K>.bin`: the payload was cut in two segments at K
+        let split = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.rsplit_once(".split"))
+            .and_then(|(_, k)| k.parse::<usize>().ok())
+            .filter(|&k| k > 0 && k < payload.len());
         for (framing, hook) in [(Framing::V4, Hook::Egress), (Framing::V6, Hook::Ingress)] {
-            if let Err(detail) = fuzzer.check(&payload, framing, hook, &expected)? {
-                summary.disagreements.push(Disagreement {
-                    input: i as u64,
-                    payload: payload.clone(),
-                    detail: format!("{}: {detail}", f.display()),
-                });
+            summary.inputs += 1;
+            summary.splits += u64::from(split.is_some());
+            match fuzzer.check(&payload, split, framing, hook)? {
+                Ok(outcomes) => outcomes.iter().for_each(|o| summary.count(o)),
+                Err((outcomes, detail)) => {
+                    outcomes.iter().for_each(|o| summary.count(o));
+                    summary.disagreements.push(Disagreement {
+                        input: i as u64,
+                        payload: payload.clone(),
+                        split,
+                        detail: format!("{}: {detail}", f.display()),
+                    });
+                }
             }
-            summary.count(&expected);
         }
     }
     summary.seconds = started.elapsed().as_secs_f64();
@@ -505,6 +596,31 @@ impl Generator {
             }
             _ => self.structured(),
         }
+    }
+
+    /// Where to cut an input into two segments of one connection (a third
+    /// of them): inside the start line's first bytes, around a line end or
+    /// a trace header name, or anywhere.
+    pub fn split_point(&mut self, payload: &[u8]) -> Option<usize> {
+        if payload.len() < 2 || !self.rng.gen_bool(0.33) {
+            return None;
+        }
+        let near = |hay: &[u8], needle: &[u8]| -> Vec<usize> {
+            hay.windows(needle.len()).enumerate().filter(|(_, w)| w.eq_ignore_ascii_case(needle)).map(|(i, _)| i).collect()
+        };
+        let anchors: Vec<usize> = match self.rng.gen_range(0..4) {
+            0 => vec![0],
+            1 => near(payload, b"\n"),
+            2 => [near(payload, b"traceparent"), near(payload, b"tracestate")].concat(),
+            _ => Vec::new(),
+        };
+        let k = if anchors.is_empty() {
+            self.rng.gen_range(1..payload.len())
+        } else {
+            let a = anchors[self.rng.gen_range(0..anchors.len())] as i64;
+            (a + self.rng.gen_range(-3..=20)).clamp(1, payload.len() as i64 - 1) as usize
+        };
+        Some(k)
     }
 
     fn random_bytes(&mut self) -> Vec<u8> {
@@ -791,6 +907,7 @@ impl Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tclab_datapath::http_ref;
 
     #[test]
     fn generator_is_deterministic_and_covers_the_outcomes() {

@@ -58,3 +58,30 @@ fn saved_disagreements_stay_fixed() {
     let details: Vec<&str> = s.disagreements.iter().map(|d| d.detail.as_str()).collect();
     assert!(s.disagreements.is_empty(), "{} disagreements:\n{}", s.disagreements.len(), details.join("\n"));
 }
+
+/// Requests cut in two segments at every byte (split method, request line,
+/// header names and values, CR|LF, the blank line): each segment's event
+/// and the pending state agree with the reference's split-request rules.
+#[test]
+fn kernel_and_reference_agree_on_every_split() {
+    if !tclab_net::require::root("robust_datapath_diff::kernel_and_reference_agree_on_every_split") {
+        return;
+    }
+    let mut fuzzer = Fuzzer::new().expect("load the datapath");
+    let tp = tclab_datapath::frames::TP;
+    let requests = [
+        tclab_datapath::frames::request("OPTIONS", "/a/rather/long/path?q=1", &[&format!("traceparent: {tp}"), "tracestate: a=1,b=2"]),
+        tclab_datapath::frames::request("GET", "/", &["X: 1", &format!("TraceParent:  {}", tp.replacen("00-", "01-", 1)), "tracestate:x"]),
+        format!("POST /p HTTP/1.1\na:\nb:\ntracestate: q=1\ntraceparent:{tp}\n\nbody").into_bytes(),
+    ];
+    let mut continuations = 0;
+    for r in &requests {
+        let s = fuzzer.every_split(r).expect("splits");
+        eprintln!("{}", s.text());
+        let details: Vec<&str> = s.disagreements.iter().take(20).map(|d| d.detail.as_str()).collect();
+        assert!(s.disagreements.is_empty(), "{:?}: {} disagreements:\n{}", String::from_utf8_lossy(r), s.disagreements.len(), details.join("\n"));
+        assert_eq!(s.inputs as usize, r.len() - 1);
+        continuations += s.continuations;
+    }
+    assert!(continuations > 100, "the splits exercise continuations: {continuations}");
+}
