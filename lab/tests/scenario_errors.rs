@@ -562,7 +562,7 @@ fn load_dir_returns_every_error_of_every_file_and_duplicate_names() {
         errs,
         [
             "c.toml:11:41: `priority` = 0 is out of range, expected 1..=65535".to_string(),
-            "d.toml:2:1: unknown key `bogus`, expected one of `name`, `description`, `tags`, `kernels`, `lockdown`, `requires`, `topology`, `chain`, `agent`, `replay`, `expect`".to_string(),
+            "d.toml:2:1: unknown key `bogus`, expected one of `name`, `description`, `tags`, `kernels`, `lockdown`, `requires`, `topology`, `chain`, `agent`, `replay`, `services`, `expect`".to_string(),
             "b.toml:1:8: duplicate scenario name `base` (also used by a.toml), expected a unique name".to_string(),
         ]
     );
