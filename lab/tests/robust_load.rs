@@ -36,8 +36,10 @@ fn agent_survives_a_full_ct_table_and_counts_what_it_loses() {
     assert_eq!(r["exit_status"], "exit status: 0");
     // 3000 connections through a 512-entry hash table: full, failures counted
     assert!(n("ct_insert_failures") > 0 && n("ct_entries") <= 512, "{r:#}");
-    // every connection without a span is explained by counted losses
-    assert!(n("connections") - n("spans").min(n("connections")) <= n("events_lost"), "{r:#}");
+    // every connection without a span is explained by counted losses (or
+    // packets the datapath never saw, reported on their own)
+    let unseen = n("packets_sent") - n("packets_seen");
+    assert!(n("connections") - n("spans").min(n("connections")) <= n("events_lost") + unseen, "{r:#}");
     assert!(n("packets_seen") > 0 && n("packets_seen") <= n("packets_sent"), "{r:#}");
     assert!(n("rss_samples") > 0 && r["rss_max_mib"].as_f64().is_some_and(|m| m > 1.0), "{r:#}");
 }
