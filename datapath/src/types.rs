@@ -456,17 +456,17 @@ unsafe impl aya::Pod for HttpEvent {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ConnEvent {}
 
+/// Reading struct layouts from an object's BTF, for the tests that check the
+/// Rust mirrors (here and in `propagation::types`) against the C structs.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod btf_layout {
     use std::collections::HashMap;
-    use std::mem::{offset_of, size_of};
 
     /// A struct as the object's BTF describes it.
-    struct BtfStruct {
-        size: u32,
+    pub(crate) struct BtfStruct {
+        pub size: u32,
         /// (member name, byte offset)
-        members: Vec<(String, u32)>,
+        pub members: Vec<(String, u32)>,
     }
 
     fn u16_at(b: &[u8], o: usize) -> u16 {
@@ -484,7 +484,7 @@ mod tests {
     }
 
     /// The `.BTF` section of a little-endian ELF64 object.
-    fn btf_section(elf: &[u8]) -> &[u8] {
+    pub(crate) fn btf_section(elf: &[u8]) -> &[u8] {
         let shoff = u64_at(elf, 0x28) as usize;
         let shentsize = usize::from(u16_at(elf, 0x3a));
         let shnum = usize::from(u16_at(elf, 0x3c));
@@ -501,7 +501,7 @@ mod tests {
     }
 
     /// Every named struct in the BTF (kinds per linux/btf.h).
-    fn btf_structs(btf: &[u8]) -> HashMap<String, BtfStruct> {
+    pub(crate) fn btf_structs(btf: &[u8]) -> HashMap<String, BtfStruct> {
         assert_eq!(u16_at(btf, 0), 0xeb9f, "BTF magic");
         let hdr_len = u32_at(btf, 4) as usize;
         let (type_off, type_len) = (u32_at(btf, 8) as usize, u32_at(btf, 12) as usize);
@@ -537,14 +537,23 @@ mod tests {
         out
     }
 
+    /// Size and (field, offset) list of a Rust mirror against the C struct in the BTF.
     macro_rules! check_layout {
         ($structs:expr, $c:literal, $t:ty, [$($f:ident),* $(,)?]) => {{
             let s = $structs.get($c).unwrap_or_else(|| panic!("struct {} not in the object's BTF", $c));
-            assert_eq!(s.size as usize, size_of::<$t>(), "sizeof(struct {}) vs {}", $c, stringify!($t));
-            let rust: Vec<(String, u32)> = vec![$((stringify!($f).to_string(), offset_of!($t, $f) as u32)),*];
+            assert_eq!(s.size as usize, std::mem::size_of::<$t>(), "sizeof(struct {}) vs {}", $c, stringify!($t));
+            let rust: Vec<(String, u32)> = vec![$((stringify!($f).to_string(), std::mem::offset_of!($t, $f) as u32)),*];
             assert_eq!(s.members, rust, "fields (name, offset) of struct {} vs {}", $c, stringify!($t));
         }};
     }
+    pub(crate) use check_layout;
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use btf_layout::{btf_section, btf_structs, check_layout};
 
     #[test]
     fn layouts_match_c() {

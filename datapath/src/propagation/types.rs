@@ -178,77 +178,11 @@ unsafe impl aya::Pod for PropEventRaw {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-    use std::mem::{offset_of, size_of};
-
-    fn u16_at(b: &[u8], o: usize) -> u16 {
-        u16::from_le_bytes([b[o], b[o + 1]])
-    }
-    fn u32_at(b: &[u8], o: usize) -> u32 {
-        u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
-    }
-    fn u64_at(b: &[u8], o: usize) -> u64 {
-        u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
-    }
-    fn cstr(b: &[u8], o: usize) -> String {
-        let end = b[o..].iter().position(|&c| c == 0).unwrap() + o;
-        String::from_utf8_lossy(&b[o..end]).into_owned()
-    }
-
-    /// Named structs of the object's `.BTF`: name -> (size, [(member, byte offset)]).
-    fn btf_structs(elf: &[u8]) -> HashMap<String, (u32, Vec<(String, u32)>)> {
-        let shoff = u64_at(elf, 0x28) as usize;
-        let (shentsize, shnum, shstrndx) =
-            (usize::from(u16_at(elf, 0x3a)), usize::from(u16_at(elf, 0x3c)), usize::from(u16_at(elf, 0x3e)));
-        let sh = |i: usize| shoff + i * shentsize;
-        let strtab = u64_at(elf, sh(shstrndx) + 24) as usize;
-        let i = (0..shnum).find(|&i| cstr(elf, strtab + u32_at(elf, sh(i)) as usize) == ".BTF").expect(".BTF");
-        let off = u64_at(elf, sh(i) + 24) as usize;
-        let btf = &elf[off..off + u64_at(elf, sh(i) + 32) as usize];
-        assert_eq!(u16_at(btf, 0), 0xeb9f);
-        let hdr = u32_at(btf, 4) as usize;
-        let strs = hdr + u32_at(btf, 16) as usize;
-        let mut at = hdr + u32_at(btf, 8) as usize;
-        let end = at + u32_at(btf, 12) as usize;
-        let mut out = HashMap::new();
-        while at < end {
-            let (name_off, info, size) = (u32_at(btf, at), u32_at(btf, at + 4), u32_at(btf, at + 8));
-            let (kind, vlen, kflag) = ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31);
-            at += 12;
-            let extra = match kind {
-                1 | 14 | 17 => 4,
-                3 => 12,
-                4 | 5 | 15 | 19 => vlen * 12,
-                6 | 13 => vlen * 8,
-                _ => 0,
-            };
-            if kind == 4 && name_off != 0 {
-                let members = (0..vlen)
-                    .map(|m| {
-                        let bits = u32_at(btf, at + m * 12 + 8);
-                        let bits = if kflag == 1 { bits & 0xff_ffff } else { bits };
-                        (cstr(btf, strs + u32_at(btf, at + m * 12) as usize), bits / 8)
-                    })
-                    .collect();
-                out.insert(cstr(btf, strs + name_off as usize), (size, members));
-            }
-            at += extra;
-        }
-        out
-    }
-
-    macro_rules! check {
-        ($structs:expr, $c:literal, $t:ty, [$($f:ident),* $(,)?]) => {{
-            let (size, members) = $structs.get($c).unwrap_or_else(|| panic!("struct {} not in BTF", $c));
-            assert_eq!(*size as usize, size_of::<$t>(), "sizeof(struct {})", $c);
-            let rust: Vec<(String, u32)> = vec![$((stringify!($f).to_string(), offset_of!($t, $f) as u32)),*];
-            assert_eq!(members, &rust, "members of struct {}", $c);
-        }};
-    }
+    use crate::types::btf_layout::{btf_section, btf_structs, check_layout as check};
 
     #[test]
     fn layouts_match_c() {
-        let s = btf_structs(super::super::OBJECT);
+        let s = btf_structs(btf_section(super::super::OBJECT));
         check!(s, "prop_key", PropKey, [local, remote, local_port, remote_port, family, _pad]);
         check!(s, "prop_ctx", PropCtx, [trace_id, span_id, flags, origin, tp_status, _pad]);
         check!(s, "prop_thread", PropThread, [ctx, conn]);
