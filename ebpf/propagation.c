@@ -24,6 +24,11 @@
  *   inserted after its request line (bpf_msg_push_data). A request that
  *   has one is left alone and its value used (an invalid one is not used).
  *   A response sent on the served connection ends the thread's request.
+ *   A TLS ClientHello sent by a serving thread (not HTTP: the payload
+ *   cannot be changed) opens a client context on its connection for the
+ *   TCP/IP options to carry (propagation_tls.h); on the receiving side the
+ *   option alone, with no HTTP request start, notes the connection's
+ *   context (opaque), and the thread that reads it becomes its server.
  * - tclab_prop_egress (TC egress, modes with the IP option): our IPv4
  *   option / IPv6 destination options header, added with
  *   bpf_skb_adjust_room to the request segments of a connection (context
@@ -222,6 +227,9 @@ static __always_inline void prop_tcp_read(struct bpf_sock_ops *o, const struct p
 	cur = bpf_map_lookup_elem(&tclab_prop_in, key);
 	if (cur && cur->tp_status != TP_MISSING)
 		return; /* the header decides (continue or restart) */
+	/* TC ingress ran first: no entry of its own means no HTTP request
+	 * starts here (TLS), an entry keeps its verdict */
+	c.opaque = cur ? cur->opaque : 1;
 	c.origin = PROP_O_TCP;
 	bpf_map_update_elem(&tclab_prop_in, key, &c, BPF_ANY);
 }
@@ -362,6 +370,54 @@ undo:
 	return 0;
 }
 
+/* A message that is not HTTP but a TLS record, on a connection the thread
+ * does not serve: a ClientHello (the connection's first bytes), or
+ * application data for another served request than the connection's
+ * current client context, opens a client span there: the trace of the
+ * request the thread serves (else a new trace), that server span as
+ * parent. The TCP/IP options then carry it (the payload cannot be
+ * changed); the event is a connection-level span (opaque). */
+static __always_inline void prop_tls_msg(const struct prop_key *key, const struct prop_thread *th, __u64 head, __u64 id)
+{
+	__u8 parent[8] = {0};
+	__u64 server = 0, *last;
+	struct prop_ctx c;
+	__u32 type = prop_tls_record(head);
+
+	if (!type)
+		return;
+	if (th) {
+		if (prop_key_eq(&th->conn, key))
+			return; /* its own served connection (a TLS server) */
+		server = *(const __u64 *)th->ctx.span_id;
+	}
+	if (!prop_tls_client_hello(head)) {
+		last = bpf_map_lookup_elem(&tclab_prop_tls, key);
+		if (type != PROP_TLS_APPDATA || !last || *last == server)
+			return;
+	}
+	__builtin_memset(&c, 0, sizeof(c));
+	if (th) {
+		__builtin_memcpy(c.trace_id, th->ctx.trace_id, 16);
+		__builtin_memcpy(parent, th->ctx.span_id, 8);
+		c.flags = th->ctx.flags;
+		c.origin = PROP_O_THREAD;
+		prop_count(PC_LINKED);
+	} else {
+		prop_random(c.trace_id, 4);
+		c.flags = tclab_prop_new_flags;
+		c.origin = PROP_O_NEW;
+	}
+	prop_new_span(&c);
+	c.tp_status = TP_MISSING;
+	c.opaque = 1;
+	bpf_map_update_elem(&tclab_prop_tls, key, &server, BPF_ANY);
+	if (tclab_prop_mode & (PROP_M_TCP | PROP_M_IP))
+		bpf_map_update_elem(&tclab_prop_out, key, &c, BPF_ANY);
+	prop_count(PC_TLS_CLIENTS);
+	prop_emit(PROP_EV_CLIENT, key, &c, parent, TP_MISSING, 0, id);
+}
+
 /* First 8 bytes start a status line ("HTTP/1."): a response. */
 static __always_inline int prop_is_response(__u64 h)
 {
@@ -396,8 +452,10 @@ int tclab_prop_msg(struct sk_msg_md *m)
 			bpf_map_delete_elem(&tclab_prop_threads, &id);
 		return SK_PASS;
 	}
-	if (!prop_is_request(head))
+	if (!prop_is_request(head)) {
+		prop_tls_msg(&key, th, head, id);
 		return SK_PASS;
+	}
 	prop_count(PC_CLIENT_REQUESTS);
 	prop_scan(s, n);
 	__builtin_memset(&c, 0, sizeof(c));
@@ -763,6 +821,7 @@ int tclab_prop_ingress(struct __sk_buff *skb)
 	} else if (has_opt && status != TP_INVALID) {
 		__builtin_memcpy(&c, &opt, sizeof(c));
 		c.origin = PROP_O_IP;
+		c.opaque = status < 0; /* no HTTP request starts here (TLS) */
 	} else {
 		__builtin_memset(&c, 0, sizeof(c));
 		c.origin = PROP_O_NEW;

@@ -338,6 +338,8 @@ impl Agent {
         for s in &mut spans {
             self.linker.apply(s);
         }
+        // connection-level spans of TLS hops (no HTTP for the datapath to see)
+        spans.extend(self.linker.take_connection_spans());
         for s in &spans {
             self.metrics.inc_span(s.kind);
             if let Some(x) = &self.otlp {

@@ -16,6 +16,7 @@
 #include "swar.h"
 #include "traceparent.h"
 #include "propagation_types.h"
+#include "propagation_tls.h"
 
 /* Load-time constants (set by datapath/src/propagation.rs). */
 volatile const __u32 tclab_prop_mode = 0;       /* enum prop_mode_bit */
@@ -81,6 +82,16 @@ struct {
 	__type(key, struct prop_key);
 	__type(value, struct prop_ctx);
 } tclab_prop_in SEC(".maps");
+
+/* TLS client connections: the server span (of the sending thread) their
+ * current client context was opened for (0: none), so that a kept-alive
+ * connection used for another served request gets a new client span. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PROP_ENTRIES);
+	__type(key, struct prop_key);
+	__type(value, __u64);
+} tclab_prop_tls SEC(".maps");
 
 /* The caller span id of the last TCP/IP option taken per connection: every
  * segment of a request carries the option, one request is one context. */
@@ -345,6 +356,7 @@ static __always_inline void prop_emit(__u32 kind, const struct prop_key *key, co
 	if (c) {
 		ev->origin = c->origin;
 		ev->flags = c->flags;
+		ev->opaque = c->opaque;
 		__builtin_memcpy(ev->trace_id, c->trace_id, 16);
 		__builtin_memcpy(ev->span_id, c->span_id, 8);
 	}

@@ -46,7 +46,8 @@ struct prop_ctx {
 	__u8 flags;
 	__u8 origin;    /* enum prop_origin */
 	__u8 tp_status; /* enum traceparent_status of the request's header */
-	__u8 _pad[5];
+	__u8 opaque;    /* the connection's payload is not HTTP (TLS): no request seen */
+	__u8 _pad[4];
 };
 
 /* What a thread is serving (map tclab_prop_threads, key pid_tgid). */
@@ -74,6 +75,8 @@ struct prop_event {
 	__u8 trace_id[16];
 	__u8 span_id[8];   /* server: the server span; client: the client span */
 	__u8 parent_id[8]; /* server: the caller's span (zero: root); client: the server span (zero: none) */
+	__u8 opaque;       /* a connection-level span: the payload is not HTTP (TLS) */
+	__u8 _pad[7];
 };
 
 /* Per-CPU counters (tclab_prop_counters). */
@@ -93,6 +96,7 @@ enum prop_counter {
 	PC_TCP_READ,             /* TCP options read */
 	PC_EVENTS_LOST,
 	PC_TC_PACKETS,           /* packets the TC classifiers saw */
+	PC_TLS_CLIENTS,          /* client contexts opened by a TLS record (ClientHello, or app data for another request) */
 	PC_MAX,
 };
 

@@ -42,6 +42,9 @@ pub struct PropEvent {
     pub span_id: String,
     /// Server: the caller's span; client: the server span of its thread.
     pub parent_id: Option<String>,
+    /// A connection whose payload is not HTTP (TLS): no request was seen,
+    /// the ids belong to a connection-level span ([`super::link`]).
+    pub opaque: bool,
 }
 
 impl PropEvent {
@@ -69,6 +72,7 @@ impl PropEvent {
             trace_id: if unused { String::new() } else { hex::encode(raw.trace_id) },
             span_id: if unused { String::new() } else { hex::encode(raw.span_id) },
             parent_id: (raw.parent_id != [0; 8]).then(|| hex::encode(raw.parent_id)),
+            opaque: raw.opaque != 0,
         })
     }
 
@@ -115,6 +119,8 @@ mod tests {
         assert_eq!(e.local.to_string(), "10.66.1.2:8080");
         assert_eq!(e.traceparent(), format!("00-{}-0101010101010101-01", "ab".repeat(16)));
         assert_eq!(e.parent_id.as_deref(), Some("0202020202020202"));
+        assert!(!e.opaque);
+        assert!(PropEvent::decode(&bytes(&PropEventRaw { opaque: 1, ..raw })).unwrap().opaque);
         assert!(PropEvent::decode(&bytes(&raw)[..20]).is_none());
         let bad = PropEventRaw { kind: 9, ..raw };
         assert!(PropEvent::decode(&bytes(&bad)).is_none());

@@ -17,6 +17,11 @@
 //! requests are matched in order, as long as the server reads them one at
 //! a time). Events are drained before the spans they complete are built
 //! (see the agent), so an event is never late for its span.
+//!
+//! A connection whose payload is not HTTP (TLS) gives the datapath no
+//! request to make a span of: its events (`opaque`) become
+//! connection-level spans of their own ([`connection_span`]), so that the
+//! trace keeps its links across the hop.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -38,6 +43,8 @@ pub struct Linker {
     server: HashMap<ConnKey, VecDeque<PropEvent>>,
     client: HashMap<ConnKey, VecDeque<PropEvent>>,
     linked: u64,
+    /// Connection-level spans made from opaque events, until taken.
+    connections: Vec<Span>,
 }
 
 fn unmap(a: SocketAddr) -> SocketAddr {
@@ -55,8 +62,14 @@ impl Linker {
         Linker::default()
     }
 
-    /// Queue an event.
+    /// Queue an event (an opaque one becomes a connection-level span).
     pub fn push(&mut self, ev: PropEvent) {
+        if ev.opaque {
+            if ev.has_context() {
+                self.connections.push(connection_span(&ev));
+            }
+            return;
+        }
         let (map, key) = match ev.kind {
             PropKind::Server => (&mut self.server, (unmap(ev.remote), unmap(ev.local))),
             PropKind::Client => (&mut self.client, (unmap(ev.local), unmap(ev.remote))),
@@ -66,6 +79,11 @@ impl Linker {
             q.pop_front();
         }
         q.push_back(ev);
+    }
+
+    /// The connection-level spans made since the last call.
+    pub fn take_connection_spans(&mut self) -> Vec<Span> {
+        std::mem::take(&mut self.connections)
     }
 
     /// Spans given kernel ids so far.
@@ -104,6 +122,48 @@ impl Linker {
     }
 }
 
+/// Method and path of a connection-level span: the payload was encrypted,
+/// no request was seen.
+pub const TLS_METHOD: &str = "TLS";
+pub const TLS_PATH: &str = "-";
+
+/// The span of an opaque event: the side of a TLS connection that sent
+/// (client) or read (server) its first bytes of a served request, with the
+/// ids the kernel gave it. Its status is 0 (no response seen) and it lasts
+/// no time (start and end are the event's time): the agent cannot see the
+/// exchange inside, only that the hop took place and its place in the trace.
+pub fn connection_span(ev: &PropEvent) -> Span {
+    let (kind, client, server) = match ev.kind {
+        PropKind::Client => (SpanKind::Client, unmap(ev.local), unmap(ev.remote)),
+        PropKind::Server => (SpanKind::Server, unmap(ev.remote), unmap(ev.local)),
+    };
+    Span {
+        kind,
+        method: TLS_METHOD.into(),
+        path: TLS_PATH.into(),
+        host: None,
+        status: 0,
+        client,
+        server,
+        request_size: 0,
+        response_size: 0,
+        request_start_ns: ev.ts_ns,
+        start_ns: ev.ts_ns,
+        end_ns: ev.ts_ns,
+        traceparent_in: crate::events::Traceparent::Missing,
+        tracestate: None,
+        trace_id: ev.trace_id.clone(),
+        span_id: ev.span_id.clone(),
+        parent_id: ev.parent_id.clone(),
+        flags: ev.flags,
+        propagated: match kind {
+            SpanKind::Server => ev.origin != Origin::New,
+            SpanKind::Client => matches!(ev.origin, Origin::Thread | Origin::App),
+        },
+        ifindex: 0,
+    }
+}
+
 /// Remove the events at or before `until`; the last of them.
 fn take_last(q: &mut VecDeque<PropEvent>, until: u64) -> Option<PropEvent> {
     let mut last = None;
@@ -134,6 +194,7 @@ mod tests {
             trace_id: "ab".repeat(16),
             span_id: span.into(),
             parent_id: parent.map(str::to_owned),
+            opaque: false,
         }
     }
 
@@ -195,6 +256,38 @@ mod tests {
         assert_eq!(s.trace_id, "ab".repeat(16));
         assert!(s.propagated);
         assert_eq!(l.linked(), 1);
+    }
+
+    #[test]
+    fn opaque_events_become_connection_spans_not_queued() {
+        let mut l = Linker::new();
+        let mut c = ev(PropKind::Client, 5, "10.0.0.2:6000", "10.0.0.3:443", "cccccccccccccccc", Some("5555555555555555"));
+        c.opaque = true;
+        let mut s = ev(PropKind::Server, 7, "10.0.0.3:443", "10.0.0.2:6000", "dddddddddddddddd", Some("cccccccccccccccc"));
+        s.opaque = true;
+        s.origin = Origin::Tcp;
+        l.push(c);
+        l.push(s);
+        assert_eq!(l.pending(), 0, "nothing waits for a datapath span");
+        let spans = l.take_connection_spans();
+        assert_eq!(spans.len(), 2);
+        let (client, server) = (&spans[0], &spans[1]);
+        assert_eq!((client.kind, client.method.as_str(), client.path.as_str(), client.status), (SpanKind::Client, "TLS", "-", 0));
+        assert_eq!((client.client.to_string(), client.server.to_string()), ("10.0.0.2:6000".into(), "10.0.0.3:443".into()));
+        assert_eq!((client.span_id.as_str(), client.parent_id.as_deref()), ("cccccccccccccccc", Some("5555555555555555")));
+        assert!(client.propagated, "the thread's trace");
+        assert_eq!(server.kind, SpanKind::Server);
+        assert_eq!((server.client, server.server), (client.client, client.server), "the same connection, seen from the other side");
+        assert_eq!(server.parent_id.as_deref(), Some("cccccccccccccccc"));
+        assert_eq!((server.start_ns, server.end_ns), (7, 7), "no duration: nothing inside is seen");
+        assert!(server.propagated);
+        assert!(l.take_connection_spans().is_empty(), "taken once");
+        // an opaque client event without usable ids makes no span
+        let mut bad = ev(PropKind::Client, 9, "10.0.0.2:6001", "10.0.0.3:443", "", None);
+        bad.opaque = true;
+        bad.trace_id.clear();
+        l.push(bad);
+        assert!(l.take_connection_spans().is_empty());
     }
 
     #[test]

@@ -28,6 +28,7 @@
 
 pub mod events;
 pub mod link;
+pub mod tls;
 pub mod types;
 
 use std::fs::File;

@@ -70,7 +70,9 @@ pub struct PropCtx {
     pub flags: u8,
     pub origin: u8,
     pub tp_status: u8,
-    pub _pad: [u8; 5],
+    /// The connection's payload is not HTTP (TLS).
+    pub opaque: u8,
+    pub _pad: [u8; 4],
 }
 
 /// `struct prop_thread`.
@@ -144,10 +146,13 @@ pub struct PropEventRaw {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_id: [u8; 8],
+    /// A connection-level span (TLS): no HTTP request was seen.
+    pub opaque: u8,
+    pub _pad: [u8; 7],
 }
 
 /// `enum prop_counter`, in order.
-pub const COUNTER_NAMES: [&str; 15] = [
+pub const COUNTER_NAMES: [&str; 16] = [
     "server_requests",
     "client_requests",
     "linked",
@@ -163,6 +168,7 @@ pub const COUNTER_NAMES: [&str; 15] = [
     "tcp_read",
     "events_lost",
     "tc_packets",
+    "tls_clients",
 ];
 
 // SAFETY: #[repr(C)] structs of integers and byte arrays with explicit
@@ -184,10 +190,11 @@ mod tests {
     fn layouts_match_c() {
         let s = btf_structs(btf_section(super::super::OBJECT));
         check!(s, "prop_key", PropKey, [local, remote, local_port, remote_port, family, _pad]);
-        check!(s, "prop_ctx", PropCtx, [trace_id, span_id, flags, origin, tp_status, _pad]);
+        check!(s, "prop_ctx", PropCtx, [trace_id, span_id, flags, origin, tp_status, opaque, _pad]);
         check!(s, "prop_thread", PropThread, [ctx, conn]);
         check!(s, "prop_event", PropEventRaw, [
-            ts_ns, kind, tgid, tid, tp_status, injected, origin, flags, conn, trace_id, span_id, parent_id
+            ts_ns, kind, tgid, tid, tp_status, injected, origin, flags, conn, trace_id, span_id, parent_id, opaque,
+            _pad
         ]);
     }
 
