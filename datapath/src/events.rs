@@ -249,7 +249,7 @@ impl Event {
         let kind = EventKind::from_raw(hdr.kind).ok_or(EventError::UnknownKind(hdr.kind))?;
         let invalid = |reason: String| EventError::Invalid { kind: hdr.kind, reason };
         if kind.is_http() {
-            let ev = read_struct::<HttpEvent>(b).ok_or_else(|| short(hdr.kind, size_of::<HttpEvent>()))?;
+            let ev = read_http_record(b).map_err(|need| short(hdr.kind, need))?;
             let meta = EventMeta::from_header(&ev.hdr).map_err(invalid)?;
             return decode_http(kind, meta, &ev);
         }
@@ -519,6 +519,29 @@ fn parse_start_line(line: &str) -> Option<StartLine> {
         .then(|| StartLine::Request { method: a.to_owned(), path: b.to_owned() })
 }
 
+/// Longest wait in one `poll(2)` of [`EventReader::poll`]: the latency of
+/// an event that did not wake the reader.
+pub const POLL_SLICE: Duration = Duration::from_millis(10);
+
+/// An HTTP record: the datapath sends the fixed part and only the captured
+/// bytes of `payload` (`captured_len`); the rest reads as zeros. `Err` holds
+/// the length the record needed.
+fn read_http_record(b: &[u8]) -> Result<HttpEvent, usize> {
+    let fixed = std::mem::offset_of!(HttpEvent, payload);
+    if b.len() < fixed {
+        return Err(fixed);
+    }
+    let mut full = vec![0u8; size_of::<HttpEvent>()];
+    let n = b.len().min(full.len());
+    full[..n].copy_from_slice(&b[..n]);
+    let ev = read_struct::<HttpEvent>(&full).ok_or(size_of::<HttpEvent>())?;
+    let need = fixed + usize::from(ev.captured_len).min(crate::types::PAYLOAD_CAPTURE);
+    if b.len() < need {
+        return Err(need);
+    }
+    Ok(ev)
+}
+
 enum Source {
     Ring(RingBuf<MapData>),
     /// One buffer per online CPU (the fallback for kernels without ring buffers).
@@ -595,7 +618,23 @@ impl EventReader {
     }
 
     /// Wait up to `timeout` for data, then drain everything available.
+    ///
+    /// The datapath wakes the reader only once a backlog builds up
+    /// (`tclab_events_wakeup_bytes`), so the wait is cut into slices of at
+    /// most [`POLL_SLICE`] with a drain after each: a lone event is read
+    /// within a slice, not at the end of `timeout`.
     pub fn poll(&mut self, timeout: Duration) -> Vec<Event> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let out = self.poll_once(left.min(POLL_SLICE));
+            if !out.is_empty() || left <= POLL_SLICE {
+                return out;
+            }
+        }
+    }
+
+    fn poll_once(&mut self, timeout: Duration) -> Vec<Event> {
         let mut out = self.drain();
         if out.is_empty() {
             let mut fds: Vec<libc::pollfd> = match &self.source {

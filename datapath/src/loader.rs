@@ -46,6 +46,9 @@ pub const GLOBAL_LIFETIME_CLOSE: &str = "tclab_ct_lifetime_close_ns";
 pub const GLOBAL_LIFETIME_NON_TCP: &str = "tclab_ct_lifetime_non_tcp_ns";
 /// Load-time constant: 1 = CT timestamps from `bpf_ktime_get_coarse_ns`.
 pub const GLOBAL_CT_COARSE_CLOCK: &str = "tclab_ct_coarse_clock";
+/// Load-time constant: unread bytes in the ring that force a wake-up
+/// (0: the kernel's default, a wake-up whenever the reader is caught up).
+pub const GLOBAL_EVENTS_WAKEUP_BYTES: &str = "tclab_events_wakeup_bytes";
 /// Test program returning the verdict set at load.
 pub const PROG_TEST_VERDICT: &str = "tclab_verdict";
 /// Test program returning TC_ACT_UNSPEC and nothing else.
@@ -57,6 +60,10 @@ pub const GLOBAL_TEST_VERDICT: &str = "tclab_test_verdict";
 
 /// Cilium's default CT table size (`bpf-ct-global-tcp-max`).
 pub const DEFAULT_CT_MAX_ENTRIES: u32 = 524_288;
+/// Default ring buffer size. 256 KiB (~500 HTTP events, 7 ms of a 200k
+/// packets/s replay) lost a third of the events whenever the reader was not
+/// scheduled for a few milliseconds; 8 MiB lost none (BENCHMARKS.md §4).
+pub const DEFAULT_EVENTS_RING_BYTES: u32 = 8 << 20;
 
 /// `TC_ACT_UNSPEC`: continue with the next program (TCX_NEXT).
 pub const TC_ACT_UNSPEC: i32 = -1;
@@ -132,6 +139,9 @@ pub struct DatapathConfig {
     pub ct_map: CtMapKind,
     pub lifetimes: CtLifetimes,
     pub events: EventTransport,
+    /// Ring buffer size in bytes: a power of two, at least one page
+    /// (ignored by the perf-buffer transport).
+    pub events_ring_bytes: u32,
 }
 
 impl Default for DatapathConfig {
@@ -141,6 +151,7 @@ impl Default for DatapathConfig {
             ct_map: CtMapKind::default(),
             lifetimes: CtLifetimes::default(),
             events: EventTransport::default(),
+            events_ring_bytes: DEFAULT_EVENTS_RING_BYTES,
         }
     }
 }
@@ -199,6 +210,20 @@ fn kernel_has_coarse_clock() -> bool {
     aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 11, 0))
 }
 
+/// Unread bytes that force a wake-up: 1/16 of the ring, so the reader is
+/// woken well before it overflows, and not at all under light load (the
+/// reader's poll slices, [`crate::events::EventReader::poll`], collect those
+/// records within milliseconds).
+pub fn events_wakeup_bytes(ring_bytes: u32) -> u32 {
+    ring_bytes / 16
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -236,6 +261,13 @@ impl Datapath {
         if cfg.ct_max_entries == 0 {
             return Err(LoadError::Config("ct_max_entries must be at least 1".into()));
         }
+        let page = page_size();
+        if !cfg.events_ring_bytes.is_power_of_two() || cfg.events_ring_bytes < page {
+            return Err(LoadError::Config(format!(
+                "events_ring_bytes must be a power of two of at least the page size ({page}), not {}",
+                cfg.events_ring_bytes
+            )));
+        }
         let (object, bytes) = match (cfg.ct_map, cfg.events) {
             (CtMapKind::Lru, EventTransport::RingBuf) => ("datapath_lru.o", objects::DATAPATH_LRU),
             (CtMapKind::Hash, EventTransport::RingBuf) => ("datapath_hash.o", objects::DATAPATH_HASH),
@@ -249,13 +281,19 @@ impl Datapath {
         let lt = &cfg.lifetimes;
         let (syn, tcp, close, non_tcp) = (nanos(lt.syn), nanos(lt.tcp), nanos(lt.close), nanos(lt.non_tcp));
         let coarse = u8::from(kernel_has_coarse_clock());
-        let mut ebpf = EbpfLoader::new()
+        let wakeup = events_wakeup_bytes(cfg.events_ring_bytes);
+        let mut loader = EbpfLoader::new();
+        if cfg.events == EventTransport::RingBuf {
+            loader.map_max_entries(MAP_EVENTS, cfg.events_ring_bytes);
+        }
+        let mut ebpf = loader
             .map_max_entries(MAP_CT, cfg.ct_max_entries)
             .override_global(GLOBAL_LIFETIME_SYN, &syn, true)
             .override_global(GLOBAL_LIFETIME_TCP, &tcp, true)
             .override_global(GLOBAL_LIFETIME_CLOSE, &close, true)
             .override_global(GLOBAL_LIFETIME_NON_TCP, &non_tcp, true)
             .override_global(GLOBAL_CT_COARSE_CLOCK, &coarse, true)
+            .override_global(GLOBAL_EVENTS_WAKEUP_BYTES, &wakeup, true)
             .load(bytes)
             .map_err(|source| LoadError::Object { object, source: Box::new(source) })?;
         for program in [PROG_INGRESS, PROG_EGRESS] {

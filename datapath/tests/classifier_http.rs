@@ -273,9 +273,14 @@ fn http_over_ipv6_with_extension_headers_and_over_vlan() {
 
 #[test]
 fn a_full_ring_buffer_is_counted_as_lost_events() {
-    let Some(mut h) = harness("a_full_ring_buffer_is_counted_as_lost_events") else { return };
+    if !tclab_net::require::root("classifier_http::a_full_ring_buffer_is_counted_as_lost_events") {
+        return;
+    }
+    // the smallest ring: 4 KiB holds a dozen of these records
+    let cfg = tclab_datapath::loader::DatapathConfig { ct_max_entries: 4096, events_ring_bytes: 4096, ..Default::default() };
+    let mut h = Harness::new(cfg);
     let req = request("GET", "/flood", &[]);
-    const SENT: u64 = 800; // 800 * 520 bytes > the 256 KiB ring
+    const SENT: u64 = 800;
     for _ in 0..SENT {
         h.egress(&tcp(client(), server(), TCP_ACK | TCP_PSH, &req));
     }
@@ -302,5 +307,64 @@ fn sixty_four_header_lines_are_scanned() {
         let events = send(&mut h, &req);
         assert_eq!(events.len(), 1);
         assert_eq!(status(&events[0]), want, "traceparent on header line {}", fillers + 1);
+    }
+}
+
+/// How long a poll(2) on the ring, started before `act` runs, sleeps.
+fn poll_sleep(fd: std::os::fd::RawFd, timeout_ms: i32, act: impl FnOnce()) -> std::time::Duration {
+    let waiter = std::thread::spawn(move || {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let start = std::time::Instant::now();
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        start.elapsed()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    act();
+    waiter.join().expect("poll thread")
+}
+
+/// A record wakes a sleeping reader only once `events_ring_bytes / 16`
+/// bytes wait unread: a lone event leaves it asleep (no self-IPI per event;
+/// `EventReader::poll` picks it up within its slice), a backlog wakes it.
+#[test]
+fn events_wake_the_reader_only_past_the_threshold() {
+    if !tclab_net::require::root("classifier_http::events_wake_the_reader_only_past_the_threshold") {
+        return;
+    }
+    let ring = 64 * 1024;
+    let cfg = tclab_datapath::loader::DatapathConfig { ct_max_entries: 4096, events_ring_bytes: ring, ..Default::default() };
+    let mut h = Harness::new(cfg);
+    let req = request("GET", "/wake", &[]);
+    h.egress(&tcp(client(), server(), TCP_ACK | TCP_PSH, &req));
+    h.events();
+    let fd = h.events_fd();
+
+    // one event: the reader sleeps its whole timeout
+    let slept = poll_sleep(fd, 1500, || h.egress(&tcp(client(), server(), TCP_ACK | TCP_PSH, &req)));
+    assert!(slept >= std::time::Duration::from_millis(1400), "one event woke the reader after {slept:?}");
+    assert_eq!(h.http_events().len(), 1, "the event is in the ring all the same");
+
+    // a backlog past the threshold wakes it at once
+    let per_event = std::mem::offset_of!(HttpEvent, payload) + req.len() + 8;
+    let burst = tclab_datapath::loader::events_wakeup_bytes(ring) as usize / per_event + 2;
+    let slept = poll_sleep(fd, 5000, || {
+        for _ in 0..burst {
+            h.egress(&tcp(client(), server(), TCP_ACK | TCP_PSH, &req));
+        }
+    });
+    assert!(slept < std::time::Duration::from_millis(3000), "{burst} events did not wake the reader ({slept:?})");
+    assert_eq!(h.http_events().len(), burst);
+}
+
+#[test]
+fn a_ring_size_that_is_not_a_power_of_two_is_refused() {
+    for bytes in [0, 1000, 3 * 4096] {
+        let cfg = tclab_datapath::loader::DatapathConfig { events_ring_bytes: bytes, ..Default::default() };
+        let err = match tclab_datapath::loader::Datapath::load(&cfg) {
+            Ok(_) => panic!("a {bytes}-byte ring was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("events_ring_bytes must be a power of two"), "{bytes}: {err}");
     }
 }

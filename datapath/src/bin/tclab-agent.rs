@@ -90,6 +90,10 @@ struct RunArgs {
     ct_max_entries: u32,
     #[arg(long, value_enum, default_value_t = CtMapArg::Lru)]
     ct_map: CtMapArg,
+    /// Size of the events ring buffer in bytes (a power of two); a reader
+    /// that falls behind by more than this loses events (counted).
+    #[arg(long, default_value_t = loader::DEFAULT_EVENTS_RING_BYTES)]
+    ring_size: u32,
     /// Service name shown in `svc=[…]`.
     #[arg(long, default_value = "tclab")]
     service_name: String,
@@ -226,6 +230,7 @@ fn run(args: RunArgs) -> Result<()> {
         priority: args.priority,
         datapath: DatapathConfig {
             ct_max_entries: args.ct_max_entries,
+            events_ring_bytes: args.ring_size,
             ct_map: match args.ct_map {
                 CtMapArg::Lru => CtMapKind::Lru,
                 CtMapArg::Hash => CtMapKind::Hash,

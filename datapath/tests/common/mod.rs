@@ -47,8 +47,14 @@ pub fn decode(bytes: &[u8]) -> Event {
     let kind = u32::from_ne_bytes(bytes[8..12].try_into().unwrap());
     let kind = EventKind::from_raw(kind).unwrap_or_else(|| panic!("unknown event kind {kind}"));
     if kind.is_http() {
-        assert_eq!(bytes.len(), std::mem::size_of::<HttpEvent>(), "HTTP event size");
-        Event::Http(read_struct(bytes).unwrap())
+        // The fixed part and exactly the captured payload bytes are sent.
+        let fixed = std::mem::offset_of!(HttpEvent, payload);
+        let at = std::mem::offset_of!(HttpEvent, captured_len);
+        let captured = usize::from(u16::from_ne_bytes(bytes[at..at + 2].try_into().unwrap()));
+        assert_eq!(bytes.len(), fixed + captured, "HTTP record = fixed part + captured_len bytes");
+        let mut full = bytes.to_vec();
+        full.resize(std::mem::size_of::<HttpEvent>(), 0);
+        Event::Http(read_struct(&full).unwrap())
     } else {
         assert_eq!(bytes.len(), std::mem::size_of::<ConnEvent>(), "connection event size");
         Event::Conn(read_struct(bytes).unwrap())
@@ -102,6 +108,12 @@ impl Harness {
             out.push(decode(&item));
         }
         out
+    }
+
+    /// The ring buffer's fd, to wait on it with poll(2).
+    pub fn events_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.events.as_raw_fd()
     }
 
     /// The HTTP events currently in the ring buffer (connection events dropped).
