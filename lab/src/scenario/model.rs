@@ -45,6 +45,9 @@ pub struct Services {
     /// Services that copy the incoming traceparent to their downstream call
     /// themselves (an application with an SDK).
     pub forward: Vec<String>,
+    /// Services served over TLS ("backend", "worker"): the hop into each is
+    /// encrypted, its caller trusting exactly the certificate it made.
+    pub tls: Vec<String>,
 }
 
 impl Scenario {

@@ -50,6 +50,8 @@ pub(crate) struct RawServices {
     pub traceparent: Option<S<String>>,
     #[serde(default)]
     pub forward: Vec<S<String>>,
+    #[serde(default)]
+    pub tls: Vec<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -157,11 +157,22 @@ fn services(cx: &mut Ctx, raw: &Spanned<RawServices>, alone: bool) -> Option<Ser
             cx.err(f.span(), format!("unknown service `{}`, expected \"frontend\", \"backend\" or \"worker\"", f.get_ref()));
         }
     }
+    for t in &r.tls {
+        if !["backend", "worker"].contains(&t.get_ref().as_str()) {
+            let why = if t.get_ref() == "frontend" {
+                "the frontend is called by the chain's client, which runs no agent: that hop could not be traced".to_owned()
+            } else {
+                format!("unknown service `{}`", t.get_ref())
+            };
+            cx.err(t.span(), format!("{why}, expected \"backend\" or \"worker\" to serve TLS"));
+        }
+    }
     Some(Services {
         requests,
         ipv6: r.ipv6,
         traceparent: r.traceparent.as_ref().map(|t| t.get_ref().clone()),
         forward: r.forward.iter().map(|f| f.get_ref().clone()).collect(),
+        tls: dedup(r.tls.iter().map(|t| t.get_ref().clone()).collect()),
     })
 }
 

@@ -9,7 +9,10 @@
 //!                                                                      backend eth1 10.66.3.1 ─ 10.66.3.2 eth0── worker :8082 /users
 //! ```
 //!
-//! (`fd66:N::1/2` with `ipv6`.) Children get PR_SET_PDEATHSIG(SIGKILL) and
+//! (`fd66:N::1/2` with `ipv6`.) A service named in `tls` serves over TLS
+//! with a certificate it makes at start, written to a throwaway folder of
+//! the chain; its caller calls it with `https://`, trusting exactly that
+//! certificate. Children get PR_SET_PDEATHSIG(SIGKILL) and
 //! are killed on drop, namespaces are fd-held, cgroups removed on drop: a
 //! chain leaves nothing behind however the process ends (cgroup folders
 //! excepted when it is SIGKILLed).
@@ -54,6 +57,9 @@ pub struct ChainOptions {
     /// is appended; it must print `ready …` once listening (e.g. a server
     /// instrumented with an OpenTelemetry SDK).
     pub worker_command: Option<Vec<String>>,
+    /// Services (by name: backend, worker) served over TLS: the hop into
+    /// each is encrypted.
+    pub tls: Vec<String>,
 }
 
 impl ChainOptions {
@@ -66,6 +72,7 @@ impl ChainOptions {
             forwarding: Vec::new(),
             downstream_keepalive: true,
             worker_command: None,
+            tls: Vec::new(),
         }
     }
 }
@@ -97,6 +104,8 @@ pub struct Chain {
     pub services: Vec<Service>,
     // After the services: their cgroups can only go once they are dead.
     cgroups: Option<CgroupRoot>,
+    /// The TLS services' certificates (removed on drop).
+    _certs: Option<tempfile::TempDir>,
 }
 
 /// (name, path, port) of each service, in call order.
@@ -122,6 +131,24 @@ impl Chain {
             // (the worker may be another program, but the others are tclab)
             bail!("the tclab binary {} does not exist", opts.exe.display());
         }
+        for t in &opts.tls {
+            match SERVICES.iter().position(|(n, _, _)| n == t) {
+                // the client that calls the frontend runs no agent: its hop could not be traced
+                Some(0) => bail!("the frontend cannot serve TLS: the chain's client has no agent to carry the trace"),
+                Some(k) if k + 1 == SERVICES.len() && opts.worker_command.is_some() => {
+                    bail!("the worker cannot serve TLS when it is another program")
+                }
+                Some(_) => {}
+                None => bail!("unknown service `{t}` to serve TLS, expected backend or worker"),
+            }
+        }
+        let certs = if opts.tls.is_empty() {
+            None
+        } else {
+            Some(tempfile::Builder::new().prefix("tclab-certs-").tempdir().context("failed to make a folder for the certificates")?)
+        };
+        let cert_of = |name: &str| certs.as_ref().map(|d| d.path().join(format!("{name}.pem")));
+        let is_tls = |name: &str| opts.tls.iter().any(|t| t == name);
         let seq = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("tclab-{}-{seq}", std::process::id());
         let client_ns = NetNs::new(&format!("{tag}-client"))?;
@@ -141,17 +168,27 @@ impl Chain {
             tclab_net::add_address(right, "eth0", addr(opts.ipv6, link, 2), prefix)?;
         }
         let mut cgroups = if opts.cgroups { Some(CgroupRoot::create()?) } else { None };
-        let mut chain = Chain { client_ns, services: Vec::new(), cgroups: None };
+        let mut chain = Chain { client_ns, services: Vec::new(), cgroups: None, _certs: None };
         for (k, ns) in namespaces.into_iter().enumerate() {
             let (name, path, port) = SERVICES[k];
             let listen = SocketAddr::new(addr(opts.ipv6, k as u8 + 1, 2), port);
+            let mut tls_args = Vec::new();
             let route = match SERVICES.get(k + 1) {
-                Some((_, next_path, next_port)) => {
+                Some((next_name, next_path, next_port)) => {
                     let next = SocketAddr::new(addr(opts.ipv6, k as u8 + 2, 2), *next_port);
-                    format!("{path}=http://{next}{next_path}")
+                    match cert_of(next_name).filter(|_| is_tls(next_name)) {
+                        Some(ca) => {
+                            tls_args.extend(["--downstream-ca".to_owned(), ca.display().to_string()]);
+                            format!("{path}=https://{next}{next_path}")
+                        }
+                        None => format!("{path}=http://{next}{next_path}"),
+                    }
                 }
                 None => path.to_owned(),
             };
+            if let Some(cert) = cert_of(name).filter(|_| is_tls(name)) {
+                tls_args.extend(["--tls-cert-out".to_owned(), cert.display().to_string()]);
+            }
             let cgroup = match cgroups.as_mut() {
                 Some(root) => Some(root.child(name)?),
                 None => None,
@@ -164,6 +201,7 @@ impl Chain {
             if !opts.downstream_keepalive {
                 args.push("--no-downstream-keepalive".into());
             }
+            args.extend(tls_args);
             let (program, args) = match (&opts.worker_command, k + 1 == SERVICES.len()) {
                 (Some(cmd), true) if !cmd.is_empty() => {
                     let mut a = cmd[1..].to_vec();
@@ -179,13 +217,14 @@ impl Chain {
             chain.services.push(Service { name, path, listen, ns, ifaces, cgroup, pid, child });
         }
         chain.cgroups = cgroups.take();
+        chain._certs = certs;
         Ok(chain)
     }
 
     /// The URL of the first service's route.
     pub fn entry(&self) -> Target {
         let s = &self.services[0];
-        Target { addr: s.listen, path: s.path.to_owned() }
+        Target { addr: s.listen, path: s.path.to_owned(), tls: false }
     }
 
     /// One GET of the entry route from the client namespace (a fresh

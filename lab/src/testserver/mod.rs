@@ -20,6 +20,7 @@ pub mod chain;
 pub mod http;
 pub mod scenario;
 pub mod service;
+pub mod tls;
 pub mod traced;
 
 use std::io::Write;
@@ -48,7 +49,8 @@ pub enum TestserverCommand {
         #[arg(long)]
         listen: SocketAddr,
         /// PATH (answered here) or PATH=http://IP:PORT/PATH (answered after
-        /// calling that URL, on the serving thread). Repeatable.
+        /// calling that URL, on the serving thread; https:// with
+        /// --downstream-ca). Repeatable.
         #[arg(long = "route", required = true)]
         routes: Vec<Route>,
         /// Copy the incoming traceparent/tracestate to the downstream call
@@ -58,10 +60,18 @@ pub enum TestserverCommand {
         /// One downstream connection per call instead of a kept-alive one.
         #[arg(long)]
         no_downstream_keepalive: bool,
+        /// Serve over TLS: make a self-signed certificate for the listening
+        /// IP at start and write it (PEM) to this file for the callers.
+        #[arg(long, value_name = "PATH")]
+        tls_cert_out: Option<std::path::PathBuf>,
+        /// Trust exactly the certificates (PEM) in this file for
+        /// https:// routes (read at each new downstream connection).
+        #[arg(long, value_name = "PATH")]
+        downstream_ca: Option<std::path::PathBuf>,
     },
     /// GET a URL and print the JSON document it answers.
     Get {
-        /// http://IP:PORT/PATH
+        /// http://IP:PORT/PATH or https://… (with --ca)
         url: Target,
         /// Extra header, `Name: value`. Repeatable.
         #[arg(short = 'H', long = "header")]
@@ -69,6 +79,9 @@ pub enum TestserverCommand {
         /// Number of requests (on one kept-alive connection).
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// Trust exactly the certificates (PEM) in this file (https:// URLs).
+        #[arg(long, value_name = "PATH")]
+        ca: Option<std::path::PathBuf>,
     },
     /// Build the three-service chain in throwaway namespaces, send requests
     /// through it from a client namespace and print what each hop received.
@@ -82,6 +95,10 @@ pub enum TestserverCommand {
         /// Extra header on the client's requests, `Name: value`. Repeatable.
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+        /// Serve this service (backend, worker) over TLS: the hop into it
+        /// is encrypted. Repeatable.
+        #[arg(long = "tls", value_name = "SERVICE")]
+        tls: Vec<String>,
         /// Run one agent per service with this context propagation mode
         /// (disabled, headers, tcp, ip, all) and print their span lines.
         #[arg(long, env = "TCLAB_CONTEXT_PROPAGATION")]
@@ -100,13 +117,23 @@ fn parse_header(h: &str) -> anyhow::Result<(String, String)> {
 /// Bad arguments, network or process errors.
 pub fn main(args: TestserverArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        TestserverCommand::Serve { name, listen, routes, forward_traceparent, no_downstream_keepalive } => {
+        TestserverCommand::Serve {
+            name,
+            listen,
+            routes,
+            forward_traceparent,
+            no_downstream_keepalive,
+            tls_cert_out,
+            downstream_ca,
+        } => {
             let spec = ServiceSpec {
                 name,
                 listen,
                 routes,
                 forward_traceparent,
                 downstream_keepalive: !no_downstream_keepalive,
+                tls_cert_out,
+                downstream_ca,
             };
             service::serve(&spec, |addr| {
                 let mut out = std::io::stdout();
@@ -115,9 +142,12 @@ pub fn main(args: TestserverArgs) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        TestserverCommand::Get { url, headers, count } => {
+        TestserverCommand::Get { url, headers, count, ca } => {
             let extra = headers.iter().map(|h| parse_header(h)).collect::<anyhow::Result<Vec<_>>>()?;
             let mut client = Client::new(true);
+            if let Some(ca) = ca {
+                client = client.with_ca(ca);
+            }
             let mut failed = false;
             for _ in 0..count {
                 let (status, doc) = client.get(&url, &extra)?;
@@ -126,7 +156,7 @@ pub fn main(args: TestserverArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
-        TestserverCommand::Chain { requests, ipv6, headers, propagation } => {
+        TestserverCommand::Chain { requests, ipv6, headers, tls, propagation } => {
             if !nix::unistd::geteuid().is_root() {
                 anyhow::bail!("tclab testserver chain needs root (network namespaces): sudo -E tclab testserver chain");
             }
@@ -134,6 +164,7 @@ pub fn main(args: TestserverArgs) -> anyhow::Result<ExitCode> {
             let exe = std::env::current_exe().context("failed to find the tclab binary")?;
             let mut opts = chain::ChainOptions::new(exe);
             opts.ipv6 = ipv6;
+            opts.tls = tls;
             let mut failed = false;
             match propagation {
                 None => {
@@ -155,11 +186,11 @@ pub fn main(args: TestserverArgs) -> anyhow::Result<ExitCode> {
                     for _ in 0..requests {
                         let (status, _) = traced.chain.get(&extra)?;
                         failed |= status != 200;
-                        let spans = traced.collect(traced::EXPECTED.len(), std::time::Duration::from_secs(5));
+                        let spans = traced.collect(traced.expected.len(), std::time::Duration::from_secs(5));
                         for line in traced.beyla_lines(&spans) {
                             println!("{line}");
                         }
-                        match traced::check_one_trace(&spans, None) {
+                        match traced::check_trace(&spans, None, &traced.expected) {
                             Ok(()) => println!("one trace, {} spans, parents linked\n", spans.len()),
                             Err(e) => {
                                 failed = true;

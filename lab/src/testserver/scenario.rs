@@ -11,7 +11,7 @@ use tclab_datapath::attach::Backend;
 use tclab_datapath::propagation::Correlation;
 
 use super::chain::ChainOptions;
-use super::traced::{self, Labels, TracedChain};
+use super::traced::{Labels, TracedChain};
 use crate::runner::report::{AgentOutcome, ScenarioResult};
 use crate::runner::{KernelContext, chain::propagation_mode};
 use crate::scenario::{self, Scenario, Services};
@@ -55,6 +55,7 @@ pub fn execute(scenario: &Scenario, services: &Services, kernel: &KernelContext)
     let mut opts = ChainOptions::new(tclab_binary()?);
     opts.ipv6 = services.ipv6;
     opts.forwarding = services.forward.clone();
+    opts.tls = services.tls.clone();
     let mode = propagation_mode(scenario.agent.propagation);
     let backend = match scenario.agent.backend {
         scenario::Backend::Auto => Backend::Auto,
@@ -89,7 +90,7 @@ pub fn execute(scenario: &Scenario, services: &Services, kernel: &KernelContext)
     let mut labels = Labels::with(&known);
     for i in 1..=services.requests {
         let (status, doc) = t.chain.get(&extra).with_context(|| format!("request {i} to the frontend"))?;
-        let spans = t.collect(traced::EXPECTED.len(), SPANS_WAIT);
+        let spans = t.collect(t.expected.len(), SPANS_WAIT);
         for r in &spans {
             result.spans.push(labels.span_line(r));
         }

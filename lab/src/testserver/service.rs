@@ -8,32 +8,46 @@
 //! Every response is a JSON document naming the service, the path, the
 //! trace headers it received and, nested, its downstream's document, so the
 //! caller of the first service sees what every hop received.
+//!
+//! A service may serve over TLS (`tls_cert_out`: a self-signed certificate
+//! made at start, written there for its callers) and call `https://`
+//! downstreams, trusting exactly the certificates of `downstream_ca`
+//! ([`super::tls`]).
 
 use std::io::{self, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use super::http::{self, Request};
+use super::tls::{self, Stream};
 
 /// How long a downstream call may take before the route answers 502.
 const DOWNSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `http://IP:PORT/path` (IPv6 in brackets): where a route calls.
+/// `http://IP:PORT/path` or `https://…` (IPv6 in brackets): where a route calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub addr: SocketAddr,
     pub path: String,
+    /// `https://`: TLS, the server's certificate naming its IP.
+    pub tls: bool,
 }
 
 impl FromStr for Target {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> anyhow::Result<Target> {
-        let rest = s.strip_prefix("http://").with_context(|| format!("{s:?}: only http:// URLs are supported"))?;
+        let (tls, rest) = match (s.strip_prefix("http://"), s.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (None, Some(rest)) => (true, rest),
+            (None, None) => bail!("{s:?}: only http:// and https:// URLs are supported"),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -41,13 +55,13 @@ impl FromStr for Target {
         let addr: SocketAddr = authority
             .parse()
             .with_context(|| format!("{s:?}: expected an IP literal and a port, like http://10.0.0.2:8080/path"))?;
-        Ok(Target { addr, path: path.to_owned() })
+        Ok(Target { addr, path: path.to_owned(), tls })
     }
 }
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}{}", self.addr, self.path)
+        write!(f, "{}://{}{}", if self.tls { "https" } else { "http" }, self.addr, self.path)
     }
 }
 
@@ -86,6 +100,12 @@ pub struct ServiceSpec {
     /// Reuse one downstream connection per serving thread (keep-alive);
     /// otherwise one connection per call.
     pub downstream_keepalive: bool,
+    /// Serve over TLS: a self-signed certificate for the listening IP is
+    /// made at start and written (PEM) to this path before `ready`.
+    pub tls_cert_out: Option<PathBuf>,
+    /// The certificates (PEM) trusted for `https://` downstreams: exactly
+    /// these (read at each new connection: the downstream may start later).
+    pub downstream_ca: Option<PathBuf>,
 }
 
 /// Bind, call `ready` with the bound address, then serve forever (one
@@ -96,13 +116,22 @@ pub struct ServiceSpec {
 pub fn serve(spec: &ServiceSpec, ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
     let listener = TcpListener::bind(spec.listen).with_context(|| format!("{}: failed to bind {}", spec.name, spec.listen))?;
     let local = listener.local_addr().context("failed to read the bound address")?;
+    let tls = match &spec.tls_cert_out {
+        Some(path) => {
+            let id = tls::Identity::self_signed(local.ip()).with_context(|| format!("{}: TLS", spec.name))?;
+            id.write_cert(path)?;
+            Some(id.server_config()?)
+        }
+        None => None,
+    };
     ready(local);
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
                 let spec = spec.clone();
+                let tls = tls.clone();
                 std::thread::spawn(move || {
-                    if let Err(e) = serve_connection(&spec, stream) {
+                    if let Err(e) = serve_connection(&spec, stream, tls.as_ref()) {
                         tracing::debug!(service = spec.name, error = %e, "connection ended with an error");
                     }
                 });
@@ -114,16 +143,22 @@ pub fn serve(spec: &ServiceSpec, ready: impl FnOnce(SocketAddr)) -> anyhow::Resu
 }
 
 /// Serve one connection: requests in order, each answered after its
-/// downstream call (made here, on this thread).
-fn serve_connection(spec: &ServiceSpec, stream: TcpStream) -> io::Result<()> {
+/// downstream call (made here, on this thread). With TLS, the handshake
+/// happens on this thread too (at the first read).
+fn serve_connection(spec: &ServiceSpec, stream: TcpStream, tls: Option<&Arc<rustls::ServerConfig>>) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
-    let mut writer = stream.try_clone()?;
+    let stream: Box<dyn Stream> = match tls {
+        Some(cfg) => Box::new(tls::accept(cfg, stream)?),
+        None => Box::new(stream),
+    };
     let mut reader = BufReader::new(stream);
     let mut downstream: Option<Downstream> = None;
     while let Some(req) = http::read_request(&mut reader)? {
         let (status, body) = handle(spec, &req, &mut downstream);
         let keep = req.keep_alive();
-        http::write_response(&mut writer, status, body.to_string().as_bytes(), keep)?;
+        let w = reader.get_mut();
+        http::write_response(w, status, body.to_string().as_bytes(), keep)?;
+        w.flush()?;
         if !keep {
             break;
         }
@@ -152,7 +187,7 @@ fn handle(spec: &ServiceSpec, req: &Request, downstream: &mut Option<Downstream>
             }
         }
     }
-    match call_downstream(downstream, target, &extra, spec.downstream_keepalive) {
+    match call_downstream(downstream, target, &extra, spec.downstream_keepalive, spec.downstream_ca.as_deref()) {
         Ok((200, body)) => {
             doc["downstream"] = body;
             (200, doc)
@@ -169,20 +204,27 @@ fn handle(spec: &ServiceSpec, req: &Request, downstream: &mut Option<Downstream>
     }
 }
 
-/// A kept-alive connection to one downstream address.
+/// A kept-alive connection to one downstream address (TCP or TLS).
 struct Downstream {
     addr: SocketAddr,
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
+    tls: bool,
+    stream: BufReader<Box<dyn Stream>>,
 }
 
 impl Downstream {
-    fn connect(addr: SocketAddr) -> io::Result<Downstream> {
+    /// `ca`: the certificates trusted for an `https://` target.
+    fn connect(target: &Target, ca: Option<&Path>) -> anyhow::Result<Downstream> {
+        let addr = target.addr;
         let stream = TcpStream::connect_timeout(&addr, DOWNSTREAM_TIMEOUT)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(DOWNSTREAM_TIMEOUT))?;
-        let writer = stream.try_clone()?;
-        Ok(Downstream { addr, writer, reader: BufReader::new(stream) })
+        let stream: Box<dyn Stream> = if target.tls {
+            let ca = ca.with_context(|| format!("{target}: https needs the certificates to trust (--downstream-ca)"))?;
+            Box::new(tls::connect(&tls::client_config(ca)?, addr.ip(), stream)?)
+        } else {
+            Box::new(stream)
+        };
+        Ok(Downstream { addr, tls: target.tls, stream: BufReader::new(stream) })
     }
 
     fn call(&mut self, target: &Target, extra: &[(String, String)], keepalive: bool) -> io::Result<http::Response> {
@@ -191,8 +233,11 @@ impl Downstream {
             extra.push(("Connection".to_owned(), "close".to_owned()));
         }
         let bytes = http::encode_request("GET", &target.path, &target.addr.to_string(), &extra, b"");
-        self.writer.write_all(&bytes)?;
-        http::read_response(&mut self.reader)
+        // (TLS: the handshake happens here, on the calling thread)
+        let w = self.stream.get_mut();
+        w.write_all(&bytes)?;
+        w.flush()?;
+        http::read_response(&mut self.stream)
     }
 }
 
@@ -201,17 +246,18 @@ fn call_downstream(
     target: &Target,
     extra: &[(String, String)],
     keepalive: bool,
+    ca: Option<&Path>,
 ) -> anyhow::Result<(u16, Value)> {
-    let reused = slot.as_ref().is_some_and(|d| d.addr == target.addr);
+    let reused = slot.as_ref().is_some_and(|d| d.addr == target.addr && d.tls == target.tls);
     if !reused {
-        *slot = Some(Downstream::connect(target.addr).context("connect")?);
+        *slot = Some(Downstream::connect(target, ca).context("connect")?);
     }
     let Some(conn) = slot.as_mut() else { bail!("no downstream connection") };
     let resp = match conn.call(target, extra, keepalive) {
         Ok(r) => r,
         // A kept connection the peer closed meanwhile: once more on a new one.
         Err(_) if reused => {
-            *slot = Some(Downstream::connect(target.addr).context("reconnect")?);
+            *slot = Some(Downstream::connect(target, ca).context("reconnect")?);
             let Some(conn) = slot.as_mut() else { bail!("no downstream connection") };
             conn.call(target, extra, keepalive).context("request")?
         }
@@ -229,12 +275,19 @@ fn call_downstream(
 pub struct Client {
     conn: Option<Downstream>,
     keepalive: bool,
+    ca: Option<PathBuf>,
 }
 
 impl Client {
     /// `keepalive`: reuse the connection between calls.
     pub fn new(keepalive: bool) -> Client {
-        Client { conn: None, keepalive }
+        Client { conn: None, keepalive, ca: None }
+    }
+
+    /// Trust exactly the certificates (PEM) of `ca` for `https://` targets.
+    pub fn with_ca(mut self, ca: impl Into<PathBuf>) -> Client {
+        self.ca = Some(ca.into());
+        self
     }
 
     /// GET `target` with `extra` headers; the status and the JSON body.
@@ -242,7 +295,7 @@ impl Client {
     /// # Errors
     /// Connection or protocol errors, naming the target.
     pub fn get(&mut self, target: &Target, extra: &[(String, String)]) -> anyhow::Result<(u16, Value)> {
-        call_downstream(&mut self.conn, target, extra, self.keepalive).with_context(|| format!("GET {target}"))
+        call_downstream(&mut self.conn, target, extra, self.keepalive, self.ca.as_deref()).with_context(|| format!("GET {target}"))
     }
 }
 
@@ -260,7 +313,11 @@ mod tests {
         let t: Target = "http://[fd00::2]:80".parse().unwrap();
         assert_eq!(t.path, "/");
         assert!("users".parse::<Route>().unwrap_err().to_string().contains("must start with '/'"));
-        assert!("/a=https://x".parse::<Route>().unwrap_err().to_string().contains("only http://"));
+        assert!("/a=ftp://x".parse::<Route>().unwrap_err().to_string().contains("only http:// and https://"));
+        let t: Target = "https://10.0.0.2:8443/tracemetoo".parse().unwrap();
+        assert!(t.tls);
+        assert_eq!(t.to_string(), "https://10.0.0.2:8443/tracemetoo");
+        assert!(!"http://10.0.0.2:80/".parse::<Target>().unwrap().tls);
         assert!("/a=http://name:80/".parse::<Route>().unwrap_err().to_string().contains("IP literal"));
     }
 
@@ -273,6 +330,8 @@ mod tests {
                 routes,
                 forward_traceparent: forward,
                 downstream_keepalive: true,
+                tls_cert_out: None,
+                downstream_ca: None,
             };
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || serve(&spec, |a| tx.send(a).unwrap()));

@@ -29,6 +29,8 @@ pub struct TracedChain {
     agents: Vec<(&'static str, Agent)>,
     pub chain: Chain,
     pub mode: Mode,
+    /// The spans one request should give, in order ([`expected_spans`]).
+    pub expected: Vec<Expected>,
 }
 
 impl TracedChain {
@@ -66,7 +68,7 @@ impl TracedChain {
                 .with_context(|| format!("failed to start the agent of {}", svc.name))?;
             agents.push((svc.name, agent));
         }
-        Ok(TracedChain { agents, chain, mode })
+        Ok(TracedChain { agents, chain, mode, expected: expected_spans(&opts.tls) })
     }
 
     /// Whether each agent correlates (a kernel or lockdown may refuse it).
@@ -91,7 +93,7 @@ impl TracedChain {
         // Call order, not timestamps: the hooks of different devices stamp
         // with the CPU that ran them, and a span's first segment is not
         // always seen before the request it makes (keep-alive, TCG).
-        out.sort_by_key(|r| (expected_position(r), r.span.request_start_ns));
+        out.sort_by_key(|r| (expected_position(&self.expected, r), r.span.request_start_ns));
         out
     }
 
@@ -116,9 +118,12 @@ impl TracedChain {
     }
 }
 
+/// (service, kind, path) of a span.
+pub type Expected = (&'static str, SpanKind, &'static str);
+
 /// The five spans one request through the chain should give, in order:
 /// (service, kind, path).
-pub const EXPECTED: [(&str, SpanKind, &str); 5] = [
+pub const EXPECTED: [Expected; 5] = [
     ("frontend", SpanKind::Server, "/traceme"),
     ("frontend", SpanKind::Client, "/tracemetoo"),
     ("backend", SpanKind::Server, "/tracemetoo"),
@@ -126,12 +131,33 @@ pub const EXPECTED: [(&str, SpanKind, &str); 5] = [
     ("worker", SpanKind::Server, "/users"),
 ];
 
-/// Where a span sits in [`EXPECTED`] (unknown ones last).
-fn expected_position(r: &Reported) -> usize {
+/// [`EXPECTED`] when the hops into the services named in `tls` are TLS:
+/// the caller's client span and the callee's server span of such a hop are
+/// connection-level spans (path `-`: the agent cannot see the request).
+pub fn expected_spans(tls: &[String]) -> Vec<Expected> {
     EXPECTED
         .iter()
+        .map(|&(svc, kind, path)| {
+            // the hop's callee: the server itself, or the client's downstream
+            let callee = match kind {
+                SpanKind::Server => svc,
+                SpanKind::Client => {
+                    let k = super::chain::SERVICES.iter().position(|(n, _, _)| *n == svc).unwrap_or(0);
+                    super::chain::SERVICES.get(k + 1).map_or("", |(n, _, _)| *n)
+                }
+            };
+            let opaque = tls.iter().any(|t| t == callee);
+            (svc, kind, if opaque { tclab_datapath::propagation::link::TLS_PATH } else { path })
+        })
+        .collect()
+}
+
+/// Where a span sits in `expected` (unknown ones last).
+fn expected_position(expected: &[Expected], r: &Reported) -> usize {
+    expected
+        .iter()
         .position(|(svc, kind, path)| (r.service, r.span.kind, r.span.path.as_str()) == (*svc, *kind, *path))
-        .unwrap_or(EXPECTED.len())
+        .unwrap_or(expected.len())
 }
 
 /// Check that the spans of one request form one trace with the right
@@ -141,13 +167,21 @@ fn expected_position(r: &Reported) -> usize {
 /// # Errors
 /// What is wrong, with the spans.
 pub fn check_one_trace(spans: &[Reported], root_parent: Option<&str>) -> anyhow::Result<()> {
+    check_trace(spans, root_parent, &EXPECTED)
+}
+
+/// [`check_one_trace`] against the spans `expected` (see [`expected_spans`]).
+///
+/// # Errors
+/// What is wrong, with the spans.
+pub fn check_trace(spans: &[Reported], root_parent: Option<&str>, expected: &[Expected]) -> anyhow::Result<()> {
     let show = || spans.iter().map(|r| format!("{} {}", r.service, r.span.snapshot_line())).collect::<Vec<_>>().join("\n");
-    if spans.len() != EXPECTED.len() {
-        bail!("expected {} spans, got {}:\n{}", EXPECTED.len(), spans.len(), show());
+    if spans.len() != expected.len() {
+        bail!("expected {} spans, got {}:\n{}", expected.len(), spans.len(), show());
     }
     let trace = &spans[0].span.trace_id;
     let mut parent = root_parent.map(str::to_owned);
-    for (r, (svc, kind, path)) in spans.iter().zip(EXPECTED) {
+    for (r, &(svc, kind, path)) in spans.iter().zip(expected) {
         if (r.service, r.span.kind, r.span.path.as_str()) != (svc, kind, path) {
             bail!("expected {svc} {kind:?} {path}, got {} {:?} {}:\n{}", r.service, r.span.kind, r.span.path, show());
         }
