@@ -153,7 +153,7 @@ fn scenario_times(doc: &serde_json::Value) -> Vec<ScenarioTime> {
 }
 
 /// Cached, verified kernels, sorted by name.
-fn cached_kernels(manifests: &Path) -> anyhow::Result<Vec<CachedKernel>> {
+pub(super) fn cached_kernels(manifests: &Path) -> anyhow::Result<Vec<CachedKernel>> {
     let catalog = Catalog::load(manifests).with_context(|| format!("load kernel manifests from {}", manifests.display()))?;
     let cache = Cache::default_location()?;
     Ok(catalog

@@ -97,6 +97,9 @@ pub struct BenchOptions {
     pub manifests: PathBuf,
     /// Reviewed verifier snapshots (`verifier@<kernel>.snap`).
     pub snapshots: PathBuf,
+    /// `--kernel` of the verifier section (`host`, manifest names, `all`);
+    /// empty: the host and every cached kernel (only the host with `quick`).
+    pub kernels: Vec<String>,
     /// The `tclab-agent` binary (default: next to the running `tclab`).
     pub agent: Option<PathBuf>,
     /// The command line, for the report.
@@ -149,7 +152,8 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> anyhow::Resul
         let result = match section {
             Section::Packet => packet::run(opts.quick),
             Section::Ct => ct::run(opts.quick),
-            Section::Verifier => verifier::run(&opts.snapshots),
+            Section::Verifier => verifier::KernelChoice::resolve(&opts.kernels, &opts.manifests, opts.quick)
+                .and_then(|kernels| verifier::run(&opts.snapshots, &kernels)),
             Section::Replay => replay::run(opts.quick),
             Section::Footprint => opts.agent_binary().and_then(|agent| footprint::run(&agent, opts.quick)),
             Section::Lab => labspeed::run(opts),
@@ -183,6 +187,11 @@ pub struct BenchArgs {
     /// Verifier snapshot folder.
     #[arg(long, default_value = verifier::SNAPSHOT_DIR)]
     pub snapshots: PathBuf,
+    /// Kernels of the verifier section: `host`, cached manifest names
+    /// (`5.10,6.1,6.12`, each booted once in QEMU) or `all`. Default: the
+    /// host and every cached kernel (`--quick`: the host only).
+    #[arg(long, value_delimiter = ',')]
+    pub kernel: Vec<String>,
     /// The tclab-agent binary (footprint section; default: next to tclab).
     #[arg(long)]
     pub agent: Option<PathBuf>,
@@ -202,6 +211,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         scenarios: args.scenarios,
         manifests: args.manifests,
         snapshots: args.snapshots,
+        kernels: args.kernel,
         agent: args.agent,
         command,
     };

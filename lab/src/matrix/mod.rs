@@ -12,6 +12,7 @@
 pub mod capabilities;
 pub mod dry_run;
 pub mod payload;
+pub mod verifier_budget;
 pub mod work;
 
 use std::collections::BTreeMap;

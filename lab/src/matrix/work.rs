@@ -20,6 +20,10 @@ pub const SCENARIO_RECORD: &str = "scenario";
 /// The name of the result record carrying an object's load-only dry run.
 pub const DRY_RUN_RECORD: &str = "dry_run";
 
+/// The name of the result record carrying the verifier budget of every
+/// program tclab loads (`tclab bench verifier` on a QEMU kernel).
+pub const VERIFIER_BUDGET_RECORD: &str = "verifier_budget";
+
 /// The `work` of a matrix cell's request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -36,6 +40,9 @@ pub enum GuestWork {
         /// Guest path of the object.
         object: String,
     },
+    /// Count the instructions the verifier processes for every program of
+    /// the embedded objects ([`tclab_datapath::verifier::budget`]).
+    VerifierBudget,
 }
 
 /// One scenario's result, as sent by the guest.
@@ -65,6 +72,15 @@ pub fn run_in_guest(request: &GuestRequest, sink: &mut Sink) -> anyhow::Result<(
                 Err(error) => serde_json::json!({ "error": error }),
             };
             sink.result(DRY_RUN_RECORD, data);
+        }
+        GuestWork::VerifierBudget => {
+            // A failed count is the record's verdict, not a guest error: the
+            // host reports it per kernel.
+            let data = match tclab_datapath::verifier::budget() {
+                Ok(programs) => serde_json::json!({ "programs": programs }),
+                Err(error) => serde_json::json!({ "error": error.to_string() }),
+            };
+            sink.result(VERIFIER_BUDGET_RECORD, data);
         }
     }
     Ok(())
