@@ -594,3 +594,16 @@ fn interface_names_the_kernel_refuses_are_errors(#[case] name: &str) {
 fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\t', "\\t"))
 }
+
+#[test]
+fn tls_services_are_the_backend_or_the_worker() {
+    let d = Dir::new();
+    let src = "name = \"t\"\n\n[services]\nchain = \"traceme\"\ntls = [\"backend\", \"frontend\", \"db\"]\n";
+    let errs = d.errors(src);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].starts_with("s.toml:5:19: ") && errs[0].contains("the frontend is called by the chain's client"), "{errs:?}");
+    assert!(errs[1].starts_with("s.toml:5:31: unknown service `db`, expected \"backend\" or \"worker\" to serve TLS"), "{errs:?}");
+    let ok = d.write("ok.toml", "name = \"t\"\n\n[services]\nchain = \"traceme\"\ntls = [\"worker\", \"backend\", \"worker\"]\n");
+    let s = scenario::load_scenario_all(&ok).expect("valid");
+    assert_eq!(s.services.expect("[services]").tls, ["backend", "worker"]);
+}
