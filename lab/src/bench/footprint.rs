@@ -252,8 +252,9 @@ pub fn run(agent: &std::path::Path, quick: bool) -> anyhow::Result<SectionReport
             .note(format!("baseline: requests answered/s ({CLIENTS} keep-alive connections, target rate {rate} req/s)")),
     );
     report.notes.push(format!(
-        "agent: {} (`run --iface fdut`, defaults: LRU CT of 524,288 entries, 256 KiB ring buffer), {exit} after SIGTERM",
-        agent.display()
+        "agent: {} (`run --iface fdut`, defaults: LRU CT of 524,288 entries, {} MiB ring buffer), {exit} after SIGTERM",
+        agent.display(),
+        tclab_datapath::loader::DEFAULT_EVENTS_RING_BYTES >> 20
     ));
     Ok(report)
 }

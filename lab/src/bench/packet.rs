@@ -42,7 +42,7 @@ use super::Section;
 
 /// `TC_ACT_UNSPEC` as BPF_PROG_TEST_RUN returns it.
 const UNSPEC: u32 = u32::MAX;
-/// Repeats per HTTP batch: 256 events of ~528 bytes fit the 256 KiB ring.
+/// Repeats per HTTP batch: far fewer events than the ring holds.
 const EVENT_BATCH: u32 = 256;
 /// SYN runs between ring drains when the reader is "behind": ~1,900
 /// connection events of 136 bytes fit the ring.
@@ -295,7 +295,7 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
     report.notes.push(format!(
         "TCP SYN: one test_run per fresh tuple (a repeated SYN would hit the entry its first run made), interleaved with an r=1 ACK on an established entry: value = SYN r1 − ACK r1 + ACK hot (the insert's cost over a hit, at steady-state warmth). \"Reader behind\": ring drained every {DRAIN_EVERY} runs; \"caught up\": after every run, so each event's bpf_ringbuf_output wakes the reader (an irq_work self-IPI, a VM exit here)"
     ));
-    report.notes.push(format!("CT map: {} entries (LRU, the default); ring buffer 256 KiB", loader::DEFAULT_CT_MAX_ENTRIES));
+    report.notes.push(format!("CT map: {} entries (LRU, the default); ring buffer {} MiB, wake-ups past 1/16 of it (the defaults)", loader::DEFAULT_CT_MAX_ENTRIES, loader::DEFAULT_EVENTS_RING_BYTES >> 20));
     Ok(report)
 }
 

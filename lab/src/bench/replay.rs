@@ -274,7 +274,8 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
         );
     }
     report.notes.push(format!(
-        "{connections} HTTP connections × {PER_CONN} packets, each on a fresh tuple, the device as the server: client packets sent on the peer reach its TC ingress, server packets sent on it cross its TC egress (groups of {GROUP} connections, one direction per batch); agent: default configuration (TCX on this kernel, LRU CT of 524,288, 256 KiB ring buffer)"
+        "{connections} HTTP connections × {PER_CONN} packets, each on a fresh tuple, the device as the server: client packets sent on the peer reach its TC ingress, server packets sent on it cross its TC egress (groups of {GROUP} connections, one direction per batch); agent: default configuration (TCX on this kernel, LRU CT of 524,288, {} MiB ring buffer)",
+        tclab_datapath::loader::DEFAULT_EVENTS_RING_BYTES >> 20
     ));
     drop(pair);
     Ok(report)
