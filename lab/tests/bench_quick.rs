@@ -97,7 +97,7 @@ fn quick_bench_reports_every_section_with_plausible_figures() {
         }
     }
     let ct = &sections[1];
-    for kind in ["LRU", "hash"] {
+    for kind in ["LRU", "hash", "LRU, 2× buckets"] {
         for level in ["0%", "50%", "97%", "100%"] {
             row(ct, &format!("{kind} · {level} full"));
         }
@@ -114,6 +114,12 @@ fn quick_bench_reports_every_section_with_plausible_figures() {
     let rss = row(footprint, "RSS under load")["value"].as_f64().unwrap_or(0.0);
     assert!(rss > 1.0, "an agent process has more than 1 MiB resident: {rss}");
     assert!(row(footprint, "spans printed")["value"].as_f64().unwrap_or(0.0) > 0.0, "the agent printed spans");
+    let propagation = &sections[6];
+    for mode in ["headers", "tcp", "ip", "all"] {
+        let r = row(propagation, &format!("requests/s, propagation={mode}"));
+        assert!(r["value"].as_f64().unwrap_or(0.0) > 0.0, "{mode}: the chain answered requests: {r:#}");
+        row(propagation, &format!("throughput loss, propagation={mode}"));
+    }
     let lab = &sections[5];
     row(lab, "tclab run: time per scenario");
     if qemu_and_a_kernel(TEST) {
