@@ -68,10 +68,11 @@ fn quick_bench_reports_every_section_with_plausible_figures() {
         assert!(!rows(s).is_empty(), "section {} has no rows", s["section"]);
         for r in rows(s) {
             let v = r["value"].as_f64().unwrap_or(f64::NAN);
-            // A loss is a difference of two noisy rates: in a quick run it
-            // can come out negative (the traced run was faster).
+            // A loss compares two noisy sub-second rates: in a quick run on a
+            // busy machine it can come out far below zero (the traced run was
+            // faster); 100% or more would mean the traced chain answered nothing.
             let is_loss = r["name"].as_str().is_some_and(|n| n.starts_with("throughput loss"));
-            let plausible = if is_loss { v > -100.0 && v < 100.0 } else { v >= 0.0 };
+            let plausible = if is_loss { v < 100.0 } else { v >= 0.0 };
             assert!(v.is_finite() && plausible, "{}: value {}", r["name"], r["value"]);
             if !r["baseline"].is_null() {
                 let b = r["baseline"].as_f64().unwrap_or(f64::NAN);
