@@ -7,6 +7,8 @@
 //! * [`chain`]: the three-service topology with the services as child
 //!   processes, `tclab testserver chain`;
 //! * [`http`]: the HTTP/1.1 subset they speak;
+//! * [`tls`]: TLS hops (rustls; a self-signed certificate per TLS service,
+//!   trusted exactly by its caller);
 //! * [`cgroup`]: per-service cgroup v2 folders (what the agent attaches to);
 //! * [`traced`]: the chain with one agent per service and a propagation
 //!   mode, its spans checked as one trace.
