@@ -9,9 +9,10 @@
  * Wake-ups: by default the ring wakes its reader whenever a record lands
  * while the reader is caught up, which costs a self-IPI (an 8-9 us VM exit
  * here) per event under light load. With tclab_events_wakeup_bytes set
- * (Datapath::load does), a record only forces a wake-up once that many bytes
- * wait unread; below that the reader's own poll interval picks them up
- * (EventReader::poll waits in short slices), as OBI's wakeup_data_bytes.
+ * (Datapath::load does), only the record that brings the unread bytes to
+ * that many forces a wake-up (one per crossing, as OBI's wakeup_data_bytes
+ * but not one per record past it); the reader's own poll slices pick up the
+ * rest (EventReader::poll).
  */
 #pragma once
 
@@ -47,10 +48,16 @@ static __always_inline void __event_output(struct __sk_buff *skb, void *ev, __u6
 #else
 	__u64 flags = 0;
 
-	if (tclab_events_wakeup_bytes)
-		flags = bpf_ringbuf_query(&tclab_events, BPF_RB_AVAIL_DATA) >= tclab_events_wakeup_bytes
+	if (tclab_events_wakeup_bytes) {
+		__u64 unread = bpf_ringbuf_query(&tclab_events, BPF_RB_AVAIL_DATA);
+
+		/* only the record that crosses the threshold wakes: forcing one
+		 * per record above it cost a self-IPI each while the reader lagged
+		 * (1M-run test: 300 ns per packet instead of 155) */
+		flags = unread < tclab_events_wakeup_bytes && unread + size >= tclab_events_wakeup_bytes
 				? BPF_RB_FORCE_WAKEUP
 				: BPF_RB_NO_WAKEUP;
+	}
 	err = bpf_ringbuf_output(&tclab_events, ev, size, flags);
 #endif
 	if (err)
