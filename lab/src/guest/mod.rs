@@ -36,6 +36,7 @@ pub fn is_guest() -> bool {
 #[derive(Debug, Default)]
 pub struct Sink {
     errors: Vec<String>,
+    probe: Option<tclab_datapath::probe::KernelFeatures>,
 }
 
 impl Sink {
@@ -59,6 +60,12 @@ impl Sink {
     /// Errors so far.
     pub fn errors(&self) -> &[String] {
         &self.errors
+    }
+
+    /// The probe init took (when the request asked for one), so the work
+    /// does not probe again (tens of ms of BPF loads under TCG).
+    pub fn probe(&self) -> Option<&tclab_datapath::probe::KernelFeatures> {
+        self.probe.as_ref()
     }
 }
 
@@ -168,9 +175,10 @@ fn check_lockdown(expected: LockdownMode, sink: &mut Sink) {
 fn run_probe(sink: &mut Sink) {
     let features = tclab_datapath::probe::KernelFeatures::probe();
     match serde_json::to_value(&features) {
-        Ok(features) => sink.emit(&Record::Probe { features }),
+        Ok(json) => sink.emit(&Record::Probe { features: json }),
         Err(e) => sink.error("probe", format!("failed to encode the probe result: {e}")),
     }
+    sink.probe = Some(features);
 }
 
 fn start_heartbeat(quiet: Arc<AtomicBool>) {

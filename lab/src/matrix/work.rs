@@ -87,8 +87,12 @@ pub fn run_in_guest(request: &GuestRequest, sink: &mut Sink) -> anyhow::Result<(
 }
 
 fn run_scenarios(kernel: &str, files: &[String], sink: &mut Sink) {
+    let context = match sink.probe() {
+        Some(features) => KernelContext::from_features(kernel, features),
+        None => KernelContext::probe_running(kernel),
+    };
     let opts = RunOptions {
-        kernel: KernelContext::probe_running(kernel),
+        kernel: context,
         // Unused in the guest: judging happens on the host.
         snapshots: SnapshotStore::new(crate::guest::PAYLOAD_DIR),
         writes: PendingWrites::Never,

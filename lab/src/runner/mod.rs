@@ -36,7 +36,12 @@ pub struct KernelContext {
 impl KernelContext {
     /// The running kernel, as the agent's probe sees it.
     pub fn probe_running(name: &str) -> KernelContext {
-        let features = tclab_datapath::probe::KernelFeatures::probe();
+        Self::from_features(name, &tclab_datapath::probe::KernelFeatures::probe())
+    }
+
+    /// The running kernel from a probe already taken (the matrix guest
+    /// probes once, for its record and its scenarios).
+    pub fn from_features(name: &str, features: &tclab_datapath::probe::KernelFeatures) -> KernelContext {
         let mut capabilities = Vec::new();
         for (has, cap) in [
             (features.tcx, Capability::Tcx),

@@ -251,7 +251,13 @@ pub fn run_cell_on(spec: &CellSpec, base: &initramfs::BaseImage) -> Result<CellO
         .map_err(|source| VmError::Io { op: "create a temporary folder in", path: std::env::temp_dir(), source })?;
     let initrd = dir.path().join("initrd.cpio");
     write_initrd(spec, base, &initrd)?;
-    let cmdline = qemu::cmdline(spec.lockdown.as_str(), &spec.extra_cmdline, &init.args);
+    let accel = qemu::detect_accel();
+    let mut extra = Vec::new();
+    if accel == Accel::Tcg {
+        extra.extend(qemu::tcg_clock_params());
+    }
+    extra.extend(spec.extra_cmdline.iter().cloned());
+    let cmdline = qemu::cmdline(spec.lockdown.as_str(), &extra, &init.args);
     let machines: Vec<Machine> = match spec.machine {
         Some(m) => vec![m],
         None => vec![Machine::Microvm, Machine::Q35],
@@ -264,7 +270,7 @@ pub fn run_cell_on(spec: &CellSpec, base: &initramfs::BaseImage) -> Result<CellO
             initrd: initrd.clone(),
             cmdline: cmdline.clone(),
             machine,
-            accel: qemu::detect_accel(),
+            accel,
             memory_mib: 512,
             cpus: 1,
         };
