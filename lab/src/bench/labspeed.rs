@@ -67,6 +67,14 @@ fn scenario_files(dir: &Path, quick: bool) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The running `tclab`, to run as a child: `/proc/self/exe` opens this very
+/// binary even after a rebuild replaced the file (whose path then reads
+/// "… (deleted)", as a run of this section saw).
+fn running_tclab() -> anyhow::Result<PathBuf> {
+    let proc = PathBuf::from("/proc/self/exe");
+    if proc.exists() { Ok(proc) } else { std::env::current_exe().context("find the running tclab") }
+}
+
 fn topology_ms() -> anyhow::Result<f64> {
     let t = Instant::now();
     let dut = tclab_net::NetNs::new("tclab-bench-topo-dut")?;
@@ -81,7 +89,7 @@ fn host_rows(files: &[PathBuf], report: &mut SectionReport) -> anyhow::Result<()
     let topo: Vec<f64> = (0..10).map(|_| topology_ms()).collect::<anyhow::Result<_>>()?;
     let topo_ms = median(&topo);
     let results = tempfile::Builder::new().prefix("tclab-bench-results-").tempdir().context("create a results folder")?;
-    let exe = std::env::current_exe().context("find the running tclab")?;
+    let exe = running_tclab()?;
     let t = Instant::now();
     let out = Command::new(&exe)
         .arg("run")
@@ -262,7 +270,7 @@ fn qemu_rows(opts: &BenchOptions, files: &[PathBuf], report: &mut SectionReport)
 /// return its results.json, with the wall time.
 fn matrix_run(opts: &BenchOptions, files: &[PathBuf], kernels: &str, lockdowns: &str, jobs: Option<usize>) -> anyhow::Result<(serde_json::Value, f64)> {
     let results = tempfile::Builder::new().prefix("tclab-bench-matrix-").tempdir().context("create a results folder")?;
-    let exe = std::env::current_exe().context("find the running tclab")?;
+    let exe = running_tclab()?;
     let mut cmd = Command::new(&exe);
     cmd.arg("run").args(files).args(["--kernel", kernels, "--lockdown", lockdowns]).arg("--manifests").arg(&opts.manifests);
     if let Some(j) = jobs {

@@ -139,20 +139,36 @@ pub fn run(
             specs.push(spec);
         }
     }
+    // Newest kernels boot first: they run the most scenarios (TCX ones skip
+    // before 6.6) and boot slowest, and the longest cells started first
+    // leave the shortest ones for the end, when the other workers go idle.
+    let mut order: Vec<usize> = (0..specs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(runner::major_minor(&specs[i].kernel.info.name)));
+    let started: Vec<CellSpec> = order.iter().map(|&i| specs[i].clone()).collect();
     // Judged as each cell ends, so progress shows verdicts, not just boots.
     let reports: std::sync::Mutex<Vec<Option<CellReport>>> = std::sync::Mutex::new(vec![None; specs.len()]);
-    let results = vm::run_cells_with(&specs, opts.jobs, |i, outcome| {
-        let report = judge_cell(scenarios, opts, &specs[i], outcome);
+    let results = vm::run_cells_with(&started, opts.jobs, |j, outcome| {
+        let report = judge_cell(scenarios, opts, &started[j], outcome);
         done(&report);
         if let Ok(mut all) = reports.lock() {
-            all[i] = Some(report);
+            all[order[j]] = Some(report);
         }
     });
+    let mut outcomes: Vec<Option<Result<CellOutcome, VmError>>> = (0..specs.len()).map(|_| None).collect();
+    for (j, outcome) in results.into_iter().enumerate() {
+        outcomes[order[j]] = Some(outcome);
+    }
     let reports = reports.into_inner().unwrap_or_default();
+    // Reported in kernel-major order, as requested.
     Ok(specs
         .iter()
-        .zip(results.iter().zip(reports))
-        .map(|(spec, (outcome, report))| report.unwrap_or_else(|| judge_cell(scenarios, opts, spec, outcome)))
+        .zip(outcomes.into_iter().zip(reports))
+        .map(|(spec, (outcome, report))| {
+            report.unwrap_or_else(|| {
+                let outcome = outcome.unwrap_or_else(|| Err(VmError::Request("cell was not run".into())));
+                judge_cell(scenarios, opts, spec, &outcome)
+            })
+        })
         .collect())
 }
 
