@@ -362,6 +362,9 @@ static __always_inline void prop_emit(__u32 kind, const struct prop_key *key, co
 	}
 	if (parent)
 		__builtin_memcpy(ev->parent_id, parent, 8);
-	if (bpf_ringbuf_output(&tclab_prop_events, ev, sizeof(*ev), 0))
+	/* The agent drains this ring whenever it reads the datapath's events
+	 * and never sleeps on it: a wake-up (an irq_work self-IPI, a VM exit
+	 * here) would be paid for nothing, up to five times per request. */
+	if (bpf_ringbuf_output(&tclab_prop_events, ev, sizeof(*ev), BPF_RB_NO_WAKEUP))
 		prop_count(PC_EVENTS_LOST);
 }
