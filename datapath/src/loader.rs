@@ -62,10 +62,12 @@ pub const GLOBAL_TEST_VERDICT: &str = "tclab_test_verdict";
 pub const DEFAULT_CT_MAX_ENTRIES: u32 = 524_288;
 /// Default ring buffer size. 256 KiB (~500 HTTP events, 7 ms of a 200k
 /// packets/s replay) lost a third of the events whenever the reader was not
-/// scheduled for a few milliseconds; 4 MiB (~80 ms at that rate) lost none
-/// at 200k packets/s. The reader maps the ring, so it shows in the agent's
-/// RSS: 17 MiB under load with 4 MiB, 25 MiB with 8 MiB (BENCHMARKS.md §4-5).
-pub const DEFAULT_EVENTS_RING_BYTES: u32 = 4 << 20;
+/// scheduled for a few milliseconds. 4 MiB lost none at 200k packets/s on a
+/// quiet machine but 14% with the machine loaded (the reader starved for
+/// more than its ~140 ms); 8 MiB doubles that margin. The reader maps the
+/// ring, so it shows in the agent's RSS: 17 MiB under load with 4 MiB,
+/// 25 MiB with 8 MiB (BENCHMARKS.md §4-5; `--ring-size` to trade).
+pub const DEFAULT_EVENTS_RING_BYTES: u32 = 8 << 20;
 
 /// `TC_ACT_UNSPEC`: continue with the next program (TCX_NEXT).
 pub const TC_ACT_UNSPEC: i32 = -1;
