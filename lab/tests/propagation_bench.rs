@@ -24,12 +24,19 @@ fn the_propagation_section_reports_both_sides_of_the_ratio() {
     };
     let off = row("requests/s, propagation=disabled")["value"].as_f64().expect("a number");
     assert!(off > 10.0, "the chain answers requests: {off} req/s");
-    for mode in ["headers", "all"] {
+    let bpf_off = row("BPF run time per request, propagation=disabled")["value"].as_f64().expect("a number");
+    assert!(bpf_off > 0.0, "the TC datapath ran: {bpf_off} ns per request");
+    for mode in ["headers", "tcp", "ip", "all"] {
         let on = row(&format!("requests/s, propagation={mode}"));
         assert_eq!(on["baseline"].as_f64(), Some(off), "{mode}: compared with the same run's baseline");
         assert!(on["value"].as_f64().is_some_and(|v| v > 10.0), "{mode}: {on}");
         let loss = row(&format!("throughput loss, propagation={mode}"));
         assert!(loss["met"].is_boolean() && loss["target"].is_object(), "{mode}: the target is reported: {loss}");
-        assert!(row(&format!("p99 latency, propagation={mode}"))["ratio"].as_f64().is_some_and(|r| r > 0.0));
+        assert!(row(&format!("p99 latency ratio, propagation={mode}"))["value"].as_f64().is_some_and(|r| r > 0.0));
+        // the socket programs of every mode run on top of the TC datapath
+        let bpf = row(&format!("BPF run time per request, propagation={mode}"));
+        assert!(bpf["value"].as_f64().is_some_and(|v| v > bpf_off), "{mode}: propagation's programs ran: {bpf}");
+        let note = bpf["note"].as_str().unwrap_or("");
+        assert!(note.contains("tclab_prop_read"), "{mode}: the per-program split names the read tracepoint: {note}");
     }
 }
