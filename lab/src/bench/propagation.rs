@@ -37,6 +37,15 @@ struct Load {
     /// Nanoseconds our BPF programs ran per request, by program name
     /// (kernel run-time statistics, summed over the three agents).
     bpf_ns: BTreeMap<String, f64>,
+    /// CPU time of the agents' user space (decoding, linking, spans) per request.
+    agents_ns: f64,
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| Duration::new(u64::try_from(t.tv_sec()).unwrap_or(0), u32::try_from(t.tv_nsec()).unwrap_or(0)))
+        .unwrap_or_default()
 }
 
 /// Accumulated run time (ns) of every loaded `tclab_*` program, by id.
@@ -102,10 +111,13 @@ fn measure(mode: Mode, time: Duration) -> anyhow::Result<Load> {
         }));
     }
     let started = Instant::now();
+    // this thread is the three agents' reader: its CPU time is theirs
+    let cpu_before = thread_cpu();
     let mut spans = 0;
     while started.elapsed() < time {
         spans += t.collect(usize::MAX, Duration::from_millis(50)).len();
     }
+    let agents_cpu = thread_cpu().saturating_sub(cpu_before);
     done.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
     let mut lat = Vec::new();
@@ -113,6 +125,7 @@ fn measure(mode: Mode, time: Duration) -> anyhow::Result<Load> {
         lat.extend(w.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??);
     }
     let bpf_ns = bpf_per_request(&bpf_before, &bpf_run_times(), lat.len());
+    let agents_ns = agents_cpu.as_nanos() as f64 / lat.len().max(1) as f64;
     spans += t.collect(usize::MAX, Duration::from_millis(200)).len();
     lat.sort_unstable();
     Ok(Load {
@@ -121,6 +134,7 @@ fn measure(mode: Mode, time: Duration) -> anyhow::Result<Load> {
         p99_us: percentile(&lat, 0.99),
         spans,
         bpf_ns,
+        agents_ns,
     })
 }
 
@@ -181,12 +195,19 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
         per.iter().filter(|(_, ns)| **ns >= 1.0).map(|(n, ns)| format!("{n} {ns:.0}")).collect::<Vec<_>>().join(", ")
     };
     let (off_bpf, off_per) = bpf(&offs);
+    let off_agents = med(offs.iter().map(|l| l.agents_ns).collect());
+    s.rows.push(
+        Row::value("agents' user-space CPU per request, propagation=disabled", off_agents, "ns")
+            .note("CPU time of the thread that reads the three agents' rings and builds their spans, median over runs"),
+    );
     s.rows.push(
         Row::value("BPF run time per request, propagation=disabled", off_bpf, "ns")
             .note(format!("kernel run-time statistics of every tclab_* program of the three agents, ns per request: {}", describe(&off_per))),
     );
     for (i, mode) in modes.iter().enumerate() {
         let (on_bpf, on_per) = bpf(&runs[i]);
+        let on_agents = med(runs[i].iter().map(|l| l.agents_ns).collect());
+        s.rows.push(Row::ratio(format!("agents' user-space CPU per request, propagation={mode}"), on_agents, off_agents, "ns"));
         s.rows.push(
             Row::ratio(format!("BPF run time per request, propagation={mode}"), on_bpf, off_bpf, "ns")
                 .note(format!("ns per request: {}", describe(&on_per))),
