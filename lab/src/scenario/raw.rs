@@ -88,7 +88,7 @@ pub(crate) struct RawChainEntry {
 #[derive(Debug)]
 pub(crate) enum RawProgram {
     Builtin(Builtin),
-    Table(RawProgramTable),
+    Table(Box<RawProgramTable>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,6 +242,6 @@ impl<'de> serde::de::Visitor<'de> for ProgramVisitor {
         // Forwarding the real MapAccess keeps spans and unknown-key positions.
         let table =
             RawProgramTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-        Ok(RawProgram::Table(table))
+        Ok(RawProgram::Table(Box::new(table)))
     }
 }
