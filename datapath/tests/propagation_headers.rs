@@ -10,47 +10,24 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use tclab_datapath::attach::{self, Api, Attachment, DeviceState};
 use tclab_datapath::loader::Hook;
 use tclab_datapath::propagation::events::PropKind;
 use tclab_datapath::propagation::types::Origin;
-use tclab_datapath::propagation::{Correlation, Mode, PropEvent, Propagation, PropagationConfig, cgroup2_mount};
+use tclab_datapath::propagation::{Correlation, Mode, PropEvent, Propagation, PropagationConfig};
 use tclab_datapath::w3c;
 use tclab_net::{NetNs, require};
+
+#[path = "common/own_cgroup.rs"]
+mod own_cgroup;
+use own_cgroup::OwnCgroup;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// This process in a cgroup of its own until drop (then back where it was).
-struct OwnCgroup {
-    dir: PathBuf,
-    original: PathBuf,
-}
-
-impl OwnCgroup {
-    fn enter() -> OwnCgroup {
-        let mount = cgroup2_mount().expect("a cgroup2 mount");
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let rel = own.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 line");
-        let original = mount.join(rel.trim_start_matches('/'));
-        let dir = mount.join(format!("tclab-proptest-{}", std::process::id()));
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).unwrap();
-        OwnCgroup { dir, original }
-    }
-}
-
-impl Drop for OwnCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.original.join("cgroup.procs"), std::process::id().to_string());
-        let _ = std::fs::remove_dir(&self.dir);
-    }
 }
 
 /// Read one request or response head (and nothing else: no bodies here).
@@ -210,7 +187,7 @@ fn headers_are_injected_and_linked_through_a_serving_thread() {
         return;
     }
     let _g = serial();
-    let cg = OwnCgroup::enter();
+    let cg = OwnCgroup::enter("proptest");
     let s = setup();
     let mut st = start(Mode::Headers, &cg, &s);
     let p = &mut st.p;
@@ -263,7 +240,7 @@ fn an_existing_header_is_left_alone_and_continued() {
         return;
     }
     let _g = serial();
-    let cg = OwnCgroup::enter();
+    let cg = OwnCgroup::enter("proptest");
     let s = setup();
     let mut st = start(Mode::Headers, &cg, &s);
     let p = &mut st.p;
@@ -287,7 +264,7 @@ fn malformed_incoming_headers_never_propagate() {
         return;
     }
     let _g = serial();
-    let cg = OwnCgroup::enter();
+    let cg = OwnCgroup::enter("proptest");
     let s = setup();
     let _p = start(Mode::Headers, &cg, &s);
     for bad in [
@@ -310,7 +287,7 @@ fn disabled_ip_and_tcp_modes_insert_no_header() {
         return;
     }
     let _g = serial();
-    let cg = OwnCgroup::enter();
+    let cg = OwnCgroup::enter("proptest");
     let s = setup();
     let got = get(&s, "");
     assert_eq!((got.front, got.down), (None, None), "nothing without propagation");

@@ -10,7 +10,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,8 +17,12 @@ use tclab_datapath::attach::{self, Api, Attachment, DeviceState};
 use tclab_datapath::loader::Hook;
 use tclab_datapath::propagation::events::PropKind;
 use tclab_datapath::propagation::types::Origin;
-use tclab_datapath::propagation::{Correlation, Mode, PropEvent, Propagation, PropagationConfig, cgroup2_mount, tls};
+use tclab_datapath::propagation::{Correlation, Mode, PropEvent, Propagation, PropagationConfig, tls};
 use tclab_net::{NetNs, require};
+
+#[path = "common/own_cgroup.rs"]
+mod own_cgroup;
+use own_cgroup::OwnCgroup;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -37,32 +40,6 @@ fn server_hello() -> Vec<u8> {
     m[5] = 0x02;
     assert!(!tls::is_client_hello(&m));
     m
-}
-
-/// This process in a cgroup of its own until drop (then back where it was).
-struct OwnCgroup {
-    dir: PathBuf,
-    original: PathBuf,
-}
-
-impl OwnCgroup {
-    fn enter() -> OwnCgroup {
-        let mount = cgroup2_mount().expect("a cgroup2 mount");
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let rel = own.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 line");
-        let original = mount.join(rel.trim_start_matches('/'));
-        let dir = mount.join(format!("tclab-proptls-{}", std::process::id()));
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).unwrap();
-        OwnCgroup { dir, original }
-    }
-}
-
-impl Drop for OwnCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.original.join("cgroup.procs"), std::process::id().to_string());
-        let _ = std::fs::remove_dir(&self.dir);
-    }
 }
 
 /// `down`: reads what comes, answers one byte per read.
@@ -167,7 +144,7 @@ fn find<'a>(evs: &'a [PropEvent], what: &str, f: impl Fn(&PropEvent) -> bool) ->
 
 fn carried_across_a_tls_hop(mode: Mode, origin: Origin) {
     let _g = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let cg = OwnCgroup::enter();
+    let cg = OwnCgroup::enter("proptls");
     let s = setup();
     let mut st = start(mode, &cg, &s);
     let p = &mut st.p;

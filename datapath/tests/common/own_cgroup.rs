@@ -1,0 +1,36 @@
+//! This test process in a cgroup v2 of its own, for the propagation tests:
+//! the socket programs attach to that cgroup, so only this process's
+//! sockets are in scope. Included with `#[path]` by the tests that need it.
+
+use std::path::PathBuf;
+
+use tclab_datapath::propagation::cgroup2_mount;
+
+/// This process in a cgroup of its own until drop (then back where it was).
+pub struct OwnCgroup {
+    pub dir: PathBuf,
+    original: PathBuf,
+}
+
+impl OwnCgroup {
+    /// `tag` names the folder (`tclab-<tag>-<pid>`), so that a leftover
+    /// says which test made it.
+    pub fn enter(tag: &str) -> OwnCgroup {
+        let mount = cgroup2_mount().expect("a cgroup2 mount");
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+        let rel = own.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup v2 line");
+        let original = mount.join(rel.trim_start_matches('/'));
+        let dir = mount.join(format!("tclab-{tag}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .unwrap_or_else(|e| panic!("move this process into {}: {e}", dir.display()));
+        OwnCgroup { dir, original }
+    }
+}
+
+impl Drop for OwnCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.original.join("cgroup.procs"), std::process::id().to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
