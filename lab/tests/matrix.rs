@@ -10,29 +10,25 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tclab_lab::guest::LockdownMode;
-use tclab_lab::kernels::{self, Cache, CachedKernel, Catalog};
+use tclab_lab::kernels::CachedKernel;
 use tclab_lab::matrix::{self, CellReport, MatrixOptions};
 use tclab_lab::runner::{self, Status};
 use tclab_lab::snapshot::{PendingWrites, SnapshotStore};
 use tclab_lab::vm::InitSpec;
+
+#[path = "common/cached_kernel.rs"]
+mod cached_kernel;
+use cached_kernel::cached_kernel;
 
 fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("lab/ has a parent")
 }
 
 fn kernel(test: &str, name: &str) -> Option<CachedKernel> {
-    if !tclab_net::require::root(test)
-        || !tclab_net::require::program(test, "qemu-system-x86_64", "apt-get install qemu-system-x86 (see .ci/run)")
-    {
+    if !tclab_net::require::root(test) {
         return None;
     }
-    let catalog = Catalog::load(&kernels::default_manifest_dir()).expect("manifests load");
-    let cache = Cache::default_location().expect("cache location");
-    let manifest = catalog.get(name).expect("manifest");
-    if !tclab_net::require::path(test, &cache.dir_for(manifest).join("verified"), "run `tclab kernels fetch` first") {
-        return None;
-    }
-    Some(cache.kernel(manifest).expect("verified kernel"))
+    cached_kernel(test, name)
 }
 
 fn tclab() -> PathBuf {

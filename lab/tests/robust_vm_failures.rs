@@ -29,18 +29,12 @@ fn guest_entry_point() {
     })
 }
 
+#[path = "common/cached_kernel.rs"]
+mod cached_kernel;
+use cached_kernel::cached_kernel;
+
 fn kernel(test: &str, name: &str) -> Option<CachedKernel> {
-    if !tclab_net::require::program(test, "qemu-system-x86_64", "apt-get install qemu-system-x86 (see .ci/run)") {
-        return None;
-    }
-    let catalog = Catalog::load(&kernels::default_manifest_dir()).expect("manifests load");
-    let cache = Cache::default_location().expect("cache location");
-    let manifest = catalog.get(name).expect("manifest");
-    let dir = cache.dir_for(manifest);
-    if !tclab_net::require::path(test, &dir.join("verified"), "run `tclab kernels fetch` first") {
-        return None;
-    }
-    Some(cache.kernel(manifest).expect("verified kernel"))
+    cached_kernel(test, name)
 }
 
 /// A cell on microvm only (no q35 retry, so its limits are the cell's).
