@@ -12,17 +12,15 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Mutex, MutexGuard};
 
-use tclab_datapath::attach::{self, Api, Attachment, DeviceState};
-use tclab_datapath::loader::Hook;
 use tclab_datapath::propagation::events::PropKind;
 use tclab_datapath::propagation::types::Origin;
-use tclab_datapath::propagation::{Correlation, Mode, PropEvent, Propagation, PropagationConfig};
+use tclab_datapath::propagation::{Mode, PropEvent, Propagation};
 use tclab_datapath::w3c;
 use tclab_net::{NetNs, require};
 
 #[path = "common/own_cgroup.rs"]
 mod own_cgroup;
-use own_cgroup::OwnCgroup;
+use own_cgroup::{OwnCgroup, Started, start_propagation};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -147,29 +145,8 @@ fn parts(tp: &str) -> (String, String) {
     (p[1].to_owned(), p[2].to_owned())
 }
 
-/// Propagation started for the cgroup, its classifiers on `lo` of the
-/// test's namespace (dropped before the programs: declared first).
-struct Started {
-    _links: Vec<Attachment>,
-    p: Propagation,
-}
-
 fn start(mode: Mode, cg: &OwnCgroup, s: &Setup) -> Started {
-    let cfg = PropagationConfig { mode, cgroup: Some(cg.dir.clone()), sampled: true };
-    let mut p = Propagation::start(&cfg).expect("propagation starts");
-    assert_eq!(p.correlation(), &Correlation::On, "the host kernel correlates");
-    let device = DeviceState::default();
-    let links = s.ns.run(|| {
-        let mut links = Vec::new();
-        for (hook, dir) in [(Hook::Ingress, tclab_net::tc::Direction::Ingress), (Hook::Egress, tclab_net::tc::Direction::Egress)] {
-            if let Some(prog) = p.classifier_mut(hook) {
-                let name = Propagation::classifier_name(hook);
-                links.push(attach::attach(prog, name, "lo", dir, Api::Tcx, 1, &device).expect("attach on lo"));
-            }
-        }
-        links
-    });
-    Started { _links: links, p }
+    start_propagation(mode, cg, &s.ns)
 }
 
 fn events_of(p: &mut Propagation, kind: PropKind, remote_port: Option<u16>, local_port: Option<u16>) -> Vec<PropEvent> {

@@ -13,16 +13,14 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tclab_datapath::attach::{self, Api, Attachment, DeviceState};
-use tclab_datapath::loader::Hook;
 use tclab_datapath::propagation::events::PropKind;
 use tclab_datapath::propagation::types::Origin;
-use tclab_datapath::propagation::{Correlation, Mode, PropEvent, Propagation, PropagationConfig, tls};
+use tclab_datapath::propagation::{Mode, PropEvent, tls};
 use tclab_net::{NetNs, require};
 
 #[path = "common/own_cgroup.rs"]
 mod own_cgroup;
-use own_cgroup::OwnCgroup;
+use own_cgroup::{OwnCgroup, Started, start_propagation};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -112,28 +110,8 @@ fn get(s: &Setup, path: &str) {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
 }
 
-/// Propagation for the cgroup, its classifiers on `lo` of the namespace.
-struct Started {
-    _links: Vec<Attachment>,
-    p: Propagation,
-}
-
 fn start(mode: Mode, cg: &OwnCgroup, s: &Setup) -> Started {
-    let cfg = PropagationConfig { mode, cgroup: Some(cg.dir.clone()), sampled: true };
-    let mut p = Propagation::start(&cfg).expect("propagation starts");
-    assert_eq!(p.correlation(), &Correlation::On, "the host kernel correlates");
-    let device = DeviceState::default();
-    let links = s.ns.run(|| {
-        let mut links = Vec::new();
-        for (hook, dir) in [(Hook::Ingress, tclab_net::tc::Direction::Ingress), (Hook::Egress, tclab_net::tc::Direction::Egress)] {
-            if let Some(prog) = p.classifier_mut(hook) {
-                let name = Propagation::classifier_name(hook);
-                links.push(attach::attach(prog, name, "lo", dir, Api::Tcx, 1, &device).expect("attach on lo"));
-            }
-        }
-        links
-    });
-    Started { _links: links, p }
+    start_propagation(mode, cg, &s.ns)
 }
 
 fn find<'a>(evs: &'a [PropEvent], what: &str, f: impl Fn(&PropEvent) -> bool) -> &'a PropEvent {

@@ -34,3 +34,33 @@ impl Drop for OwnCgroup {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
+/// Propagation started for the cgroup, its classifiers on `lo` of the
+/// test's namespace (dropped before the programs: declared first).
+pub struct Started {
+    _links: Vec<tclab_datapath::attach::Attachment>,
+    pub p: tclab_datapath::propagation::Propagation,
+}
+
+/// Start propagation in `mode` for `cg`, with its classifiers (TCX) on `lo` of `ns`.
+pub fn start_propagation(mode: tclab_datapath::propagation::Mode, cg: &OwnCgroup, ns: &tclab_net::NetNs) -> Started {
+    use tclab_datapath::attach::{self, Api, DeviceState};
+    use tclab_datapath::loader::Hook;
+    use tclab_datapath::propagation::{Correlation, Propagation, PropagationConfig};
+
+    let cfg = PropagationConfig { mode, cgroup: Some(cg.dir.clone()), sampled: true };
+    let mut p = Propagation::start(&cfg).expect("propagation starts");
+    assert_eq!(p.correlation(), &Correlation::On, "the host kernel correlates");
+    let device = DeviceState::default();
+    let links = ns.run(|| {
+        let mut links = Vec::new();
+        for (hook, dir) in [(Hook::Ingress, tclab_net::tc::Direction::Ingress), (Hook::Egress, tclab_net::tc::Direction::Egress)] {
+            if let Some(prog) = p.classifier_mut(hook) {
+                let name = Propagation::classifier_name(hook);
+                links.push(attach::attach(prog, name, "lo", dir, Api::Tcx, 1, &device).expect("attach on lo"));
+            }
+        }
+        links
+    });
+    Started { _links: links, p }
+}
