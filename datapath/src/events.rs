@@ -526,7 +526,10 @@ pub const POLL_SLICE: Duration = Duration::from_millis(10);
 /// An HTTP record: the datapath sends the fixed part and only the captured
 /// bytes of `payload` (`captured_len`); the rest reads as zeros. `Err` holds
 /// the length the record needed.
-fn read_http_record(b: &[u8]) -> Result<HttpEvent, usize> {
+///
+/// # Errors
+/// The record is shorter than its fixed part plus `captured_len`.
+pub fn read_http_record(b: &[u8]) -> Result<HttpEvent, usize> {
     let fixed = std::mem::offset_of!(HttpEvent, payload);
     if b.len() < fixed {
         return Err(fixed);

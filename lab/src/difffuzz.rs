@@ -35,7 +35,7 @@ use tclab_datapath::http_ref::{Conn, Kind, METHODS, Outcome, Tp};
 use tclab_datapath::loader::{Datapath, DatapathConfig, Hook, MAP_CT, MAP_EVENTS};
 use tclab_datapath::types::{
     Counter, CtEntry, CtTuple, EventKind, HttpEvent, PAYLOAD_CAPTURE, TRACEPARENT_LEN, TraceparentStatus,
-    ct_flags, read_struct,
+    ct_flags,
 };
 use tclab_datapath::w3c::TraceParent;
 
@@ -430,7 +430,9 @@ impl Fuzzer {
             if EventKind::from_raw(kind).is_some_and(EventKind::is_http) {
                 // the agent may refuse a garbled start line (counted), but must not panic
                 self.decode_errors += u64::from(Decoded::decode(&item).is_err());
-                http.push(read_struct::<HttpEvent>(&item).context("short HTTP event")?);
+                let ev = tclab_datapath::events::read_http_record(&item)
+                    .map_err(|need| anyhow::anyhow!("short HTTP event: {} bytes, {need} needed", item.len()))?;
+                http.push(ev);
             }
         }
         let tuple = CtTuple::new(src, dst, 6);
