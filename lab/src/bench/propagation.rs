@@ -34,9 +34,10 @@ struct Load {
     p50_us: f64,
     p99_us: f64,
     spans: usize,
-    /// Nanoseconds our BPF programs ran per request, by program name
-    /// (kernel run-time statistics, summed over the three agents).
-    bpf_ns: BTreeMap<String, f64>,
+    /// Per request, by program name: nanoseconds our BPF programs ran and
+    /// how many times they ran (kernel run-time statistics, summed over the
+    /// three agents).
+    bpf_ns: BTreeMap<String, (f64, f64)>,
     /// CPU time of the agents' user space (decoding, linking, spans) per request.
     agents_ns: f64,
 }
@@ -48,23 +49,33 @@ fn thread_cpu() -> Duration {
         .unwrap_or_default()
 }
 
-/// Accumulated run time (ns) of every loaded `tclab_*` program, by id.
-fn bpf_run_times() -> HashMap<u32, (String, u64)> {
+/// Accumulated run time (ns) and run count of every loaded `tclab_*`
+/// program, by id.
+fn bpf_run_times() -> HashMap<u32, (String, u64, u64)> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter_map(|p| {
             let name = p.name_as_str()?.to_owned();
-            name.starts_with("tclab_").then(|| (p.id(), (name, u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX))))
+            let ns = u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX);
+            name.starts_with("tclab_").then(|| (p.id(), (name, ns, p.run_count())))
         })
         .collect()
 }
 
-/// Per program name: run time added between two [`bpf_run_times`], per request.
-fn bpf_per_request(before: &HashMap<u32, (String, u64)>, after: &HashMap<u32, (String, u64)>, requests: usize) -> BTreeMap<String, f64> {
-    let mut out: BTreeMap<String, f64> = BTreeMap::new();
-    for (id, (name, ns)) in after {
-        let was = before.get(id).map_or(0, |b| b.1);
-        *out.entry(name.clone()).or_default() += ns.saturating_sub(was) as f64 / requests.max(1) as f64;
+/// Per program name: run time and runs added between two
+/// [`bpf_run_times`], per request.
+fn bpf_per_request(
+    before: &HashMap<u32, (String, u64, u64)>,
+    after: &HashMap<u32, (String, u64, u64)>,
+    requests: usize,
+) -> BTreeMap<String, (f64, f64)> {
+    let n = requests.max(1) as f64;
+    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for (id, (name, ns, runs)) in after {
+        let (was_ns, was_runs) = before.get(id).map_or((0, 0), |b| (b.1, b.2));
+        let e = out.entry(name.clone()).or_default();
+        e.0 += ns.saturating_sub(was_ns) as f64 / n;
+        e.1 += runs.saturating_sub(was_runs) as f64 / n;
     }
     out
 }
@@ -185,14 +196,25 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
         offs.iter().map(|l| l.spans).sum::<usize>()
     )));
     // BPF run time per request, median over the runs, per program name
-    let bpf = |loads: &[Load]| -> (f64, BTreeMap<String, f64>) {
+    let bpf = |loads: &[Load]| -> (f64, BTreeMap<String, (f64, f64)>) {
         let names: std::collections::BTreeSet<&String> = loads.iter().flat_map(|l| l.bpf_ns.keys()).collect();
-        let per: BTreeMap<String, f64> =
-            names.into_iter().map(|n| (n.clone(), med(loads.iter().map(|l| l.bpf_ns.get(n).copied().unwrap_or(0.0)).collect()))).collect();
-        (per.values().sum(), per)
+        let per: BTreeMap<String, (f64, f64)> = names
+            .into_iter()
+            .map(|n| {
+                let of = |f: fn(&(f64, f64)) -> f64| med(loads.iter().map(|l| l.bpf_ns.get(n).map_or(0.0, f)).collect());
+                (n.clone(), (of(|v| v.0), of(|v| v.1)))
+            })
+            .collect();
+        (per.values().map(|v| v.0).sum(), per)
     };
-    let describe = |per: &BTreeMap<String, f64>| -> String {
-        per.iter().filter(|(_, ns)| **ns >= 1.0).map(|(n, ns)| format!("{n} {ns:.0}")).collect::<Vec<_>>().join(", ")
+    // "name ns (runs×)": the runs say which programs fire on every read,
+    // send or segment, and which once per request
+    let describe = |per: &BTreeMap<String, (f64, f64)>| -> String {
+        per.iter()
+            .filter(|(_, v)| v.0 >= 1.0)
+            .map(|(n, v)| format!("{n} {:.0} ({:.1}×)", v.0, v.1))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let (off_bpf, off_per) = bpf(&offs);
     let off_agents = med(offs.iter().map(|l| l.agents_ns).collect());
@@ -202,7 +224,7 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
     );
     s.rows.push(
         Row::value("BPF run time per request, propagation=disabled", off_bpf, "ns")
-            .note(format!("kernel run-time statistics of every tclab_* program of the three agents, ns per request: {}", describe(&off_per))),
+            .note(format!("kernel run-time statistics of every tclab_* program of the three agents, ns per request (runs per request): {}", describe(&off_per))),
     );
     for (i, mode) in modes.iter().enumerate() {
         let (on_bpf, on_per) = bpf(&runs[i]);
@@ -210,7 +232,7 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
         s.rows.push(Row::ratio(format!("agents' user-space CPU per request, propagation={mode}"), on_agents, off_agents, "ns"));
         s.rows.push(
             Row::ratio(format!("BPF run time per request, propagation={mode}"), on_bpf, off_bpf, "ns")
-                .note(format!("ns per request: {}", describe(&on_per))),
+                .note(format!("ns per request (runs per request): {}", describe(&on_per))),
         );
         let rps = med(runs[i].iter().map(|l| l.rps).collect());
         let ratio = med(ratios[i].iter().map(|r| r.0).collect());
