@@ -534,7 +534,7 @@ pub fn read_http_record(b: &[u8]) -> Result<HttpEvent, usize> {
     if b.len() < fixed {
         return Err(fixed);
     }
-    let mut full = vec![0u8; size_of::<HttpEvent>()];
+    let mut full = [0u8; size_of::<HttpEvent>()];
     let n = b.len().min(full.len());
     full[..n].copy_from_slice(&b[..n]);
     let ev = read_struct::<HttpEvent>(&full).ok_or(size_of::<HttpEvent>())?;
