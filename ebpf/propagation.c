@@ -370,6 +370,24 @@ undo:
 	return 0;
 }
 
+/* A new client span: in the trace of the request the thread serves (its
+ * server span the parent), else in a new trace. */
+static __always_inline void prop_client_span(struct prop_ctx *c, __u8 *parent, const struct prop_thread *th)
+{
+	if (th) {
+		__builtin_memcpy(c->trace_id, th->ctx.trace_id, 16);
+		__builtin_memcpy(parent, th->ctx.span_id, 8);
+		c->flags = th->ctx.flags;
+		c->origin = PROP_O_THREAD;
+		prop_count(PC_LINKED);
+	} else {
+		prop_random(c->trace_id, 4);
+		c->flags = tclab_prop_new_flags;
+		c->origin = PROP_O_NEW;
+	}
+	prop_new_span(c);
+}
+
 /* A message that is not HTTP but a TLS record, on a connection the thread
  * does not serve: a ClientHello (the connection's first bytes), or
  * application data for another served request than the connection's
@@ -397,18 +415,7 @@ static __always_inline void prop_tls_msg(const struct prop_key *key, const struc
 			return;
 	}
 	__builtin_memset(&c, 0, sizeof(c));
-	if (th) {
-		__builtin_memcpy(c.trace_id, th->ctx.trace_id, 16);
-		__builtin_memcpy(parent, th->ctx.span_id, 8);
-		c.flags = th->ctx.flags;
-		c.origin = PROP_O_THREAD;
-		prop_count(PC_LINKED);
-	} else {
-		prop_random(c.trace_id, 4);
-		c.flags = tclab_prop_new_flags;
-		c.origin = PROP_O_NEW;
-	}
-	prop_new_span(&c);
+	prop_client_span(&c, parent, th);
 	c.tp_status = TP_MISSING;
 	c.opaque = 1;
 	bpf_map_update_elem(&tclab_prop_tls, key, &server, BPF_ANY);
@@ -474,18 +481,7 @@ int tclab_prop_msg(struct sk_msg_md *m)
 			    (((const __u64 *)th->ctx.trace_id)[1] ^ ((const __u64 *)c.trace_id)[1])))
 			__builtin_memcpy(parent, th->ctx.span_id, 8);
 	} else {
-		if (th) {
-			__builtin_memcpy(c.trace_id, th->ctx.trace_id, 16);
-			__builtin_memcpy(parent, th->ctx.span_id, 8);
-			c.flags = th->ctx.flags;
-			c.origin = PROP_O_THREAD;
-			prop_count(PC_LINKED);
-		} else {
-			prop_random(c.trace_id, 4);
-			c.flags = tclab_prop_new_flags;
-			c.origin = PROP_O_NEW;
-		}
-		prop_new_span(&c);
+		prop_client_span(&c, parent, th);
 		/* after the request line (lines[1]: the next line's start) */
 		at = PROP_GET(s->scan.lines[1]);
 		if ((tclab_prop_mode & PROP_M_HEADERS) && PROP_GET(s->scan.nlines) >= 2 && at >= 17 && at <= n + 1)
