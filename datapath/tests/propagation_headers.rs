@@ -16,11 +16,11 @@ use tclab_datapath::propagation::events::PropKind;
 use tclab_datapath::propagation::types::Origin;
 use tclab_datapath::propagation::{Mode, PropEvent, Propagation};
 use tclab_datapath::w3c;
-use tclab_net::{NetNs, require};
+use tclab_net::require;
 
 #[path = "common/own_cgroup.rs"]
 mod own_cgroup;
-use own_cgroup::{OwnCgroup, Started, start_propagation};
+use own_cgroup::{OwnCgroup, Setup, Started, front_and_down, start_propagation};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -107,22 +107,8 @@ fn serve_front(listener: TcpListener, down: SocketAddr) {
     }
 }
 
-struct Setup {
-    ns: NetNs,
-    front: SocketAddr,
-    down: SocketAddr,
-}
-
 fn setup() -> Setup {
-    let ns = NetNs::new("tclab-proptest").unwrap();
-    let (front_l, down_l) = ns.run(|| (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap()));
-    let (front, down) = (front_l.local_addr().unwrap(), down_l.local_addr().unwrap());
-    // spawned from inside: the threads (and their connections) live in the namespace
-    ns.run(move || {
-        std::thread::spawn(move || serve_down(down_l));
-        std::thread::spawn(move || serve_front(front_l, down));
-    });
-    Setup { ns, front, down }
+    front_and_down("tclab-proptest", serve_front, serve_down)
 }
 
 fn get(s: &Setup, extra: &str) -> Received {

@@ -64,3 +64,30 @@ pub fn start_propagation(mode: tclab_datapath::propagation::Mode, cg: &OwnCgroup
     });
     Started { _links: links, p }
 }
+
+/// Two services in a fresh namespace: `front` (whose serving thread calls
+/// `down`) and `down`, each on its own loopback port.
+pub struct Setup {
+    pub ns: tclab_net::NetNs,
+    pub front: std::net::SocketAddr,
+    pub down: std::net::SocketAddr,
+}
+
+/// Start `serve_down` and `serve_front` (given down's address) on
+/// threads spawned from inside the namespace `ns_name`, so the threads and
+/// their connections live there.
+pub fn front_and_down(
+    ns_name: &str,
+    serve_front: fn(std::net::TcpListener, std::net::SocketAddr),
+    serve_down: fn(std::net::TcpListener),
+) -> Setup {
+    use std::net::TcpListener;
+    let ns = tclab_net::NetNs::new(ns_name).expect("create the test namespace");
+    let (front_l, down_l) = ns.run(|| (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap()));
+    let (front, down) = (front_l.local_addr().unwrap(), down_l.local_addr().unwrap());
+    ns.run(move || {
+        std::thread::spawn(move || serve_down(down_l));
+        std::thread::spawn(move || serve_front(front_l, down));
+    });
+    Setup { ns, front, down }
+}
