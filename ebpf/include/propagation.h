@@ -114,12 +114,16 @@ struct {
 	__type(value, __u64);
 } tclab_prop_counters SEC(".maps");
 
+/* Atomic although per-CPU: unlike TC (softirq or BH off), sock_ops,
+ * sk_msg and the tracepoint also run in process context with only
+ * migration disabled, so two programs on one CPU can interleave a plain
+ * `+= 1` and lose a count. */
 static __always_inline void prop_count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&tclab_prop_counters, &idx);
 
 	if (v)
-		*v += 1;
+		__sync_fetch_and_add(v, 1);
 }
 
 /* ------------------------------------------------------------ keys */
