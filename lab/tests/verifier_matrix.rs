@@ -80,16 +80,10 @@ fn verifier_counts_match_the_reviewed_snapshot_of_each_kernel_and_stay_within_bu
         );
     }
 
-    // Issue #8's target: every program under 25% of the limit on 5.10. One
-    // known miss, reported in BENCHMARKS.md section 3: the perf-buffer
-    // fallback (for kernels without ring buffers; the agent loads the ring
-    // build on every kernel here) needs ~303k on 5.10 and 6.1, 1.75x the
-    // ring build, for a reason not found yet (both ~52k on 6.12). It may not
-    // grow past 31%; anything else over 25% fails.
-    let known_miss = |object: &str| (object == "datapath_perf.o").then_some(310_000);
+    // Issue #8's target: every program under 25% of the limit on 5.10.
     let over: Vec<String> = counts(&runs, "5.10", LockdownMode::None)
         .iter()
-        .filter(|b| b.insns >= known_miss(&b.object).unwrap_or(250_000))
+        .filter(|b| b.insns >= 250_000)
         .map(|b| format!("{} {}: {} insns ({:.1}%)", b.object, b.program, b.insns, b.percent_of_limit()))
         .collect();
     assert!(over.is_empty(), "over 25% of the 1M-instruction limit on 5.10:\n{}", over.join("\n"));
