@@ -1,9 +1,10 @@
-//! Shrinking `/init` for the guest: a debug build of tclab is ~120 MB, of
-//! which ~100 MB are DWARF and symbol tables that the dynamic loader never
-//! maps. The kernel has to unpack every byte of the initramfs (slowly under
-//! TCG), so the guest gets the file cut after its last loaded segment, with
-//! the section header table dropped. What runs is byte-identical; only
-//! symbolized backtraces in the guest are lost.
+//! Shrinking `/init` for the guest: a debug build of tclab is ~50 MB (line
+//! tables only; ~120 MB with full debug info), of which ~28 MB are DWARF and
+//! symbol tables that the dynamic loader never maps. The kernel has to
+//! unpack every byte of the initramfs (slowly under TCG), so the guest gets
+//! the file cut after its last loaded segment, with the section header table
+//! dropped. What runs is byte-identical; only symbolized backtraces in the
+//! guest are lost.
 
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
 
