@@ -19,7 +19,9 @@ use crate::scenario::{self, Scenario, Services};
 /// How long the spans of one request may take to arrive.
 const SPANS_WAIT: Duration = Duration::from_secs(10);
 
-/// Counters left out of the snapshot: they depend on timing (ACKs).
+/// Counters left out of the snapshot: they depend on timing (ACKs). Those
+/// that count segments are kept but shown as `>0`
+/// (`runner::report::SEGMENT_COUNTERS`).
 const TIMING_COUNTERS: [&str; 1] = ["tc_packets"];
 
 /// The `tclab` binary to run the services with: this one when it is
