@@ -78,10 +78,10 @@ pub struct ScenarioResult {
     pub verdicts: Vec<String>,
 }
 
-/// Propagation counters that count segments, not requests: a retransmitted
-/// segment (a tail-loss probe when a TCG guest answers slowly) is written
-/// twice and read once, and how writes coalesce varies, so their exact
-/// values change from run to run (a 5.10 guest read `tcp_read` 5 of 6 in
+/// Propagation counters that count segments, not requests: they depend on
+/// retransmissions (a duplicate is dropped before its options are parsed)
+/// and on how writes coalesce, so their exact values change from run to
+/// run (a 5.10 guest saw one parse callback fewer, `tcp_read` 5 of 6, in
 /// about one cell of four). The snapshot keeps only that the path carried
 /// something; results.json keeps the numbers.
 const SEGMENT_COUNTERS: [&str; 4] = ["tcp_written", "tcp_read", "ip_added", "ip_stripped"];
