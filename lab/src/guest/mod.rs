@@ -6,6 +6,7 @@
 //! exit. Every failure becomes an `error` record; init never exits (that
 //! would panic the kernel) and never panics out.
 
+pub mod entropy;
 mod mounts;
 mod request;
 
@@ -116,6 +117,7 @@ where
         Ok(r) => r,
         Err(e) => return sink.error("read request", e),
     };
+    seed_rng(&request.rng_seed, sink);
     load_modules(&request.modules, sink);
     check_lockdown(request.lockdown, sink);
     if request.probe {
@@ -132,6 +134,20 @@ where
 fn read_request() -> Result<GuestRequest, String> {
     let text = std::fs::read_to_string(REQUEST_PATH).map_err(|e| format!("failed to read {REQUEST_PATH}: {e}"))?;
     serde_json::from_str(&text).map_err(|e| format!("failed to parse {REQUEST_PATH}: {e}"))
+}
+
+/// Credit the host's seed, so that nothing in the guest waits for its CRNG.
+fn seed_rng(seed: &str, sink: &mut Sink) {
+    if seed.is_empty() {
+        return;
+    }
+    match entropy::credit(seed) {
+        Err(e) => sink.error("seed the RNG", e),
+        Ok(()) if !entropy::crng_ready() => {
+            sink.error("seed the RNG", "credited 512 bits, but getrandom(2) would still block");
+        }
+        Ok(()) => {}
+    }
 }
 
 /// `finit_module` each file in order; an already loaded module is fine.

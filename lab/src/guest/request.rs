@@ -84,4 +84,8 @@ pub struct GuestRequest {
     /// Testing the watchdog only.
     #[serde(default)]
     pub debug_hang: Option<HangMode>,
+    /// Random bytes (hex) for init to credit to the kernel's pool
+    /// ([`super::entropy`]); empty: none.
+    #[serde(default)]
+    pub rng_seed: String,
 }

@@ -306,6 +306,7 @@ fn write_initrd(spec: &CellSpec, base: &initramfs::BaseImage, out: &Path) -> Res
         probe: spec.probe,
         work: spec.work.clone(),
         debug_hang: spec.debug_hang,
+        rng_seed: crate::guest::entropy::new_seed(),
     };
     let run = initramfs::run_archive(&request, &spec.payload)?;
     initramfs::write_cell_initrd(base, &run, out)
