@@ -277,16 +277,29 @@ impl Capture {
     /// [`NetError::Packet`] when reading fails, a frame is truncated, or the
     /// kernel dropped frames because the socket buffer overflowed.
     pub fn drain(&mut self, timeout: Duration) -> Result<Vec<CapturedFrame>, NetError> {
-        let mut queues: Vec<Vec<CapturedFrame>> = vec![Vec::new(); self.socks.len()];
+        Ok(Capture::drain_together(&mut [self], timeout)?.pop().unwrap_or_default())
+    }
+
+    /// [`Capture::drain`] of several captures at once: frames are collected
+    /// until none of them received one for `timeout`, so the quiet period
+    /// is waited once, not once per capture. One list per capture, in the
+    /// order given.
+    ///
+    /// # Errors
+    /// As [`Capture::drain`], naming the capture's device.
+    pub fn drain_together(captures: &mut [&mut Capture], timeout: Duration) -> Result<Vec<Vec<CapturedFrame>>, NetError> {
+        let mut queues: Vec<Vec<Vec<CapturedFrame>>> = captures.iter().map(|c| vec![Vec::new(); c.socks.len()]).collect();
         let mut buf = vec![0u8; MAX_FRAME];
         let started = Instant::now();
         let mut quiet_since = started;
         loop {
             let mut got = false;
-            for (sock, queue) in self.socks.iter().zip(queues.iter_mut()) {
-                while let Some(frame) = recv_frame(sock.as_raw_fd(), &mut buf, self.ifindex)? {
-                    queue.push(frame);
-                    got = true;
+            for (capture, queues) in captures.iter().zip(queues.iter_mut()) {
+                for (sock, queue) in capture.socks.iter().zip(queues.iter_mut()) {
+                    while let Some(frame) = recv_frame(sock.as_raw_fd(), &mut buf, capture.ifindex)? {
+                        queue.push(frame);
+                        got = true;
+                    }
                 }
             }
             if got {
@@ -296,22 +309,12 @@ impl Capture {
             if left.is_zero() {
                 break;
             }
-            self.wait_readable(left)?;
+            wait_readable(captures, left)?;
         }
-        self.check_drops()?;
-        Ok(merge_by_ts(queues))
-    }
-
-    fn wait_readable(&self, left: Duration) -> Result<(), NetError> {
-        let mut fds: Vec<libc::pollfd> =
-            self.socks.iter().map(|s| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
-        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
-        match cvt(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) }) {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
-            Err(e) => Err(packet_err("poll capture sockets", self.ifindex)(e)),
+        for capture in captures.iter() {
+            capture.check_drops()?;
         }
+        Ok(queues.into_iter().map(merge_by_ts).collect())
     }
 
     fn check_drops(&self) -> Result<(), NetError> {
@@ -329,6 +332,22 @@ impl Capture {
             }
         }
         Ok(())
+    }
+}
+
+/// Wait until a socket of any of `captures` is readable, or `left` passed.
+fn wait_readable(captures: &[&mut Capture], left: Duration) -> Result<(), NetError> {
+    let mut fds: Vec<libc::pollfd> = captures
+        .iter()
+        .flat_map(|c| c.socks.iter())
+        .map(|s| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+        .collect();
+    let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
+    match cvt(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) }) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+        Err(e) => Err(packet_err("poll capture sockets", captures.first().map_or(0, |c| c.ifindex))(e)),
     }
 }
 

@@ -95,6 +95,34 @@ fn idle_pair_is_silent_but_an_ipv6_enabled_one_is_not() {
 }
 
 #[test]
+fn drain_together_waits_for_every_capture_and_keeps_their_frames_apart() {
+    if !require::root("drain_together_waits_for_every_capture_and_keeps_their_frames_apart") {
+        return;
+    }
+    let l = lab("both");
+    let (ia, ib) = (l.pair.a.ifindex, l.pair.b.ifindex);
+    let mut after_ingress = l.a.run(|| Capture::after_ingress(ia, &[0x0800])).unwrap();
+    let mut at_peer = l.b.run(|| Capture::all(ib)).unwrap();
+    let from_peer = l.b.run(|| Injector::open(ib)).unwrap();
+    let from_dev = l.a.run(|| Injector::open(ia)).unwrap();
+    let (to_a, to_b, late) = (frame(0x0800, 1), frame(0x0800, 2), frame(0x0800, 3));
+    from_peer.send(&to_a).unwrap();
+    from_dev.send(&to_b).unwrap();
+    // A frame on the first capture while the drain is waiting is collected too.
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(QUIET / 2);
+        from_peer.send(&late).unwrap();
+        late
+    });
+    let mut lists = Capture::drain_together(&mut [&mut after_ingress, &mut at_peer], QUIET).unwrap().into_iter();
+    let late = sender.join().unwrap();
+    assert_frames(&lists.next().unwrap(), &[to_a, late], "after ingress");
+    assert_frames(&lists.next().unwrap(), &[to_b], "at the peer");
+    assert!(lists.next().is_none(), "one list per capture");
+    l.finish();
+}
+
+#[test]
 fn injected_frames_arrive_byte_identical_in_both_directions() {
     if !require::root("injected_frames_arrive_byte_identical_in_both_directions") {
         return;

@@ -184,8 +184,11 @@ fn collect_output(
     opts: &RunOptions,
     scenario: &Scenario,
 ) -> anyhow::Result<()> {
-    let into_stack = ingress.drain(CAPTURE_DRAIN).context("failed to drain the ingress capture")?;
-    let at_peer = egress.drain(CAPTURE_DRAIN).context("failed to drain the egress capture")?;
+    // Both at once: the quiet period is waited once (100 ms a scenario).
+    let mut drained = Capture::drain_together(&mut [ingress, egress], CAPTURE_DRAIN)
+        .context("failed to drain the captures (after ingress, at the peer)")?
+        .into_iter();
+    let (into_stack, at_peer) = (drained.next().unwrap_or_default(), drained.next().unwrap_or_default());
     let mut frames = Vec::new();
     for (label, captured) in [("ingress→stack", &into_stack), ("egress→peer", &at_peer)] {
         for f in captured {
