@@ -399,24 +399,33 @@ pub enum Propagation {
     All,
 }
 
-/// `[agent]`; defaults are the agent's own.
+/// `[agent]`; defaults are the agent's own, except the CT map's size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AgentSettings {
     pub backend: Backend,
     /// Netlink priority when the agent attaches itself through netlink.
     pub priority: u16,
+    /// [`LAB_CT_MAX_ENTRIES`] unless the scenario says.
     pub ct_max_entries: u32,
     pub ct_map: CtMapKind,
     pub lifetimes: Lifetimes,
     pub propagation: Propagation,
 }
 
+/// The CT map size of a scenario's agents when `[agent]` does not set one.
+/// A scenario replays a few connections; the agent's own default (Cilium's
+/// 524,288, a preallocated LRU map of ~75 MB) cost 0.27 s to create and
+/// ~0.1 s to free for every agent under TCG (6.12, measured), where a
+/// matrix cell starts ~75 agents. Behaviour under table pressure has its
+/// own scenarios (`ct_max_entries = 4`) and benchmark (`tclab bench ct`).
+pub const LAB_CT_MAX_ENTRIES: u32 = 16_384;
+
 impl Default for AgentSettings {
     fn default() -> Self {
         AgentSettings {
             backend: Backend::Auto,
             priority: 1,
-            ct_max_entries: 524_288,
+            ct_max_entries: LAB_CT_MAX_ENTRIES,
             ct_map: CtMapKind::Lru,
             lifetimes: Lifetimes::default(),
             propagation: Propagation::Disabled,

@@ -64,7 +64,8 @@ pub fn execute(scenario: &Scenario, services: &Services, kernel: &KernelContext)
         scenario::Backend::Tcx => Backend::Tcx,
         scenario::Backend::Netlink => Backend::Netlink,
     };
-    let mut t = TracedChain::start_with(&opts, mode, backend, scenario.agent.priority)
+    let datapath = crate::runner::chain::datapath_config(&scenario.agent);
+    let mut t = TracedChain::start_with(&opts, mode, backend, scenario.agent.priority, datapath)
         .with_context(|| format!("{}: failed to start the services and their agents", scenario.path.display()))?;
     let mut warnings = Vec::new();
     for (svc, c) in t.correlation() {

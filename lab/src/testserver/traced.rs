@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tclab_datapath::agent::{Agent, AgentConfig};
 use tclab_datapath::attach::Backend;
+use tclab_datapath::loader::DatapathConfig;
 use tclab_datapath::probe::KernelFeatures;
 use tclab_datapath::propagation::{Correlation, Mode, PropagationConfig};
 use tclab_datapath::span::{Span, SpanKind};
@@ -39,14 +40,21 @@ impl TracedChain {
     /// # Errors
     /// Chain or agent start errors, naming the service.
     pub fn start(opts: &ChainOptions, mode: Mode, backend: Backend) -> anyhow::Result<TracedChain> {
-        TracedChain::start_with(opts, mode, backend, tclab_datapath::attach::DEFAULT_PRIORITY)
+        TracedChain::start_with(opts, mode, backend, tclab_datapath::attach::DEFAULT_PRIORITY, DatapathConfig::default())
     }
 
-    /// [`TracedChain::start`] with the agents' netlink priority.
+    /// [`TracedChain::start`] with the agents' netlink priority and
+    /// datapath configuration.
     ///
     /// # Errors
     /// Chain or agent start errors, naming the service.
-    pub fn start_with(opts: &ChainOptions, mode: Mode, backend: Backend, priority: u16) -> anyhow::Result<TracedChain> {
+    pub fn start_with(
+        opts: &ChainOptions,
+        mode: Mode,
+        backend: Backend,
+        priority: u16,
+        datapath: DatapathConfig,
+    ) -> anyhow::Result<TracedChain> {
         let mut opts = opts.clone();
         opts.cgroups = true;
         let chain = Chain::start(&opts)?;
@@ -60,6 +68,7 @@ impl TracedChain {
                 service_name: svc.name.to_owned(),
                 features: Some(features.clone()),
                 propagation: PropagationConfig { mode, cgroup: svc.cgroup.clone(), sampled: true },
+                datapath,
                 ..AgentConfig::default()
             };
             let agent = svc
