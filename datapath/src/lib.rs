@@ -11,6 +11,7 @@ pub mod ct;
 pub mod events;
 pub mod frames;
 pub mod http_ref;
+pub mod kernel_btf;
 pub mod loader;
 pub mod metrics;
 pub mod otlp;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aya::maps::{HashMap, MapError, PerCpuArray};
 use aya::programs::{ProgramError, SchedClassifier};
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 
 use crate::types::{COUNTER_MAX, Counter, Counters, CtEntry, CtTuple};
 
@@ -286,7 +286,8 @@ impl Datapath {
         let (syn, tcp, close, non_tcp) = (nanos(lt.syn), nanos(lt.tcp), nanos(lt.close), nanos(lt.non_tcp));
         let coarse = u8::from(kernel_has_coarse_clock());
         let wakeup = events_wakeup_bytes(cfg.events_ring_bytes);
-        let mut loader = EbpfLoader::new();
+        let btf = crate::kernel_btf::get();
+        let mut loader = crate::kernel_btf::loader(btf.as_deref());
         if cfg.events == EventTransport::RingBuf {
             loader.map_max_entries(MAP_EVENTS, cfg.events_ring_bytes);
         }
@@ -416,7 +417,8 @@ impl TestProgram {
     pub fn load(verdict: Verdict) -> Result<TestProgram, LoadError> {
         const OBJECT: &str = "testprogs.o";
         let code = verdict.tc_action();
-        let mut ebpf = EbpfLoader::new()
+        let btf = crate::kernel_btf::get();
+        let mut ebpf = crate::kernel_btf::loader(btf.as_deref())
             .override_global(GLOBAL_TEST_VERDICT, &code, true)
             .load(objects::TESTPROGS)
             .map_err(|source| LoadError::Object { object: OBJECT, source: Box::new(source) })?;
@@ -473,7 +475,8 @@ impl EmptyClassifier {
 /// Load the empty classifier: the baseline of the per-packet benchmarks.
 pub fn empty_classifier() -> Result<EmptyClassifier, LoadError> {
     const OBJECT: &str = "testprogs.o";
-    let mut ebpf = EbpfLoader::new()
+    let btf = crate::kernel_btf::get();
+    let mut ebpf = crate::kernel_btf::loader(btf.as_deref())
         .load(objects::TESTPROGS)
         .map_err(|source| LoadError::Object { object: OBJECT, source: Box::new(source) })?;
     load_classifier(&mut ebpf, OBJECT, PROG_EMPTY)?;
@@ -598,7 +601,8 @@ impl CiliumLikeProgram {
         let svc_port = svc.port().to_be();
         let be_addr = u32::from_ne_bytes(backend.ip().octets());
         let be_port = backend.port().to_be();
-        let mut ebpf = EbpfLoader::new()
+        let btf = crate::kernel_btf::get();
+        let mut ebpf = crate::kernel_btf::loader(btf.as_deref())
             .override_global(GLOBAL_CIL_ACTION, &code, true)
             .override_global(GLOBAL_CIL_IFINDEX, &ifindex, true)
             .override_global(GLOBAL_CIL_REDIRECT_FLAGS, &redirect_flags, true)

@@ -25,7 +25,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use aya::maps::{Map, MapData};
 use aya::programs::{BtfTracePoint, ProgramError, SchedClassifier, SkMsg, SockOps};
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 use aya_obj::btf::BtfKind;
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_type};
 use serde::Serialize;
@@ -257,8 +257,11 @@ fn load_one(ebpf: &mut Ebpf, object: &'static str, program: &'static str, kind: 
         Kind::SkMsg => <&mut SkMsg>::try_from(prog).map_err(|_| missing())?.load().map_err(failed),
         Kind::SockOps => <&mut SockOps>::try_from(prog).map_err(|_| missing())?.load().map_err(failed),
         Kind::TpBtf(tracepoint) => {
-            let btf = aya::Btf::from_sys_fs()
-                .map_err(|e| VerifierError::Relocate { object, program, reason: format!("kernel BTF: {e}") })?;
+            let btf = crate::kernel_btf::get().ok_or_else(|| VerifierError::Relocate {
+                object,
+                program,
+                reason: "kernel BTF: no /sys/kernel/btf/vmlinux".into(),
+            })?;
             <&mut BtfTracePoint>::try_from(prog).map_err(|_| missing())?.load(tracepoint, &btf).map_err(failed)
         }
     }
@@ -270,7 +273,8 @@ fn load_one(ebpf: &mut Ebpf, object: &'static str, program: &'static str, kind: 
 fn load_propagation() -> Result<(Ebpf, Vec<&'static str>), VerifierError> {
     const OBJECT: &str = "propagation.o";
     let bits = crate::propagation::Mode::All.bits();
-    let mut ebpf = EbpfLoader::new()
+    let btf = crate::kernel_btf::get();
+    let mut ebpf = crate::kernel_btf::loader(btf.as_deref())
         .override_global("tclab_prop_mode", &bits, true)
         .override_global("tclab_prop_new_flags", &1u32, true)
         .load(crate::propagation::OBJECT)
@@ -289,7 +293,8 @@ fn load_propagation() -> Result<(Ebpf, Vec<&'static str>), VerifierError> {
 /// `testprogs.o` with `tclab_verdict` returning TC_ACT_UNSPEC, as the lab's chains use it.
 fn load_testprogs() -> Result<Ebpf, VerifierError> {
     const OBJECT: &str = "testprogs.o";
-    let mut ebpf = EbpfLoader::new()
+    let btf = crate::kernel_btf::get();
+    let mut ebpf = crate::kernel_btf::loader(btf.as_deref())
         .override_global(loader::GLOBAL_TEST_VERDICT, &loader::TC_ACT_UNSPEC, true)
         .load(objects::TESTPROGS)
         .map_err(|source| VerifierError::Object { object: OBJECT, source: Box::new(source) })?;
@@ -303,7 +308,8 @@ fn load_ciliumlike() -> Result<Ebpf, VerifierError> {
     const OBJECT: &str = "ciliumlike.o";
     let (svc, svc_port) = (u32::from_ne_bytes([10, 96, 0, 10]), 80u16.to_be());
     let (backend, backend_port) = (u32::from_ne_bytes([10, 0, 1, 2]), 8080u16.to_be());
-    let mut ebpf = EbpfLoader::new()
+    let btf = crate::kernel_btf::get();
+    let mut ebpf = crate::kernel_btf::loader(btf.as_deref())
         .override_global(loader::GLOBAL_CIL_ACTION, &4u32, true)
         .override_global(loader::GLOBAL_CIL_IFINDEX, &0u32, true)
         .override_global(loader::GLOBAL_CIL_NAT_VERDICT, &loader::TC_ACT_UNSPEC, true)
@@ -372,7 +378,7 @@ fn stats_log(ebpf: &Ebpf, object: &'static str, bytes: &[u8], program: &'static 
         },
         None => None,
     };
-    if let Ok(kernel_btf) = aya::Btf::from_sys_fs() {
+    if let Some(kernel_btf) = crate::kernel_btf::get() {
         obj.relocate_btf(&kernel_btf).map_err(|e| relocate(format!("CO-RE: {e}")))?;
     }
     let mut fds: Vec<(String, RawFd)> = Vec::new();
@@ -394,8 +400,9 @@ fn stats_log(ebpf: &Ebpf, object: &'static str, bytes: &[u8], program: &'static 
     let name = features.bpf_name().then(|| CString::new(program)).transpose().map_err(|e| relocate(e.to_string()))?;
     let attach_btf_id = match kind {
         Kind::TpBtf(tracepoint) => Some(
-            aya::Btf::from_sys_fs()
-                .and_then(|btf| btf.id_by_type_name_kind(&format!("btf_trace_{tracepoint}"), BtfKind::Typedef))
+            crate::kernel_btf::get()
+                .ok_or_else(|| relocate(format!("BTF id of {tracepoint}: the kernel has no BTF")))?
+                .id_by_type_name_kind(&format!("btf_trace_{tracepoint}"), BtfKind::Typedef)
                 .map_err(|e| relocate(format!("BTF id of {tracepoint}: {e}")))?,
         ),
         _ => None,

@@ -37,7 +37,7 @@ use std::str::FromStr;
 
 use aya::maps::{CgroupArray, MapData, RingBuf, SockHash};
 use aya::programs::{BtfTracePoint, CgroupAttachMode, ProgramError, SchedClassifier, SkMsg, SockOps};
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::Ebpf;
 use serde::{Deserialize, Serialize};
 
 use crate::loader::Hook;
@@ -276,7 +276,8 @@ impl Propagation {
         }
         let bits = cfg.mode.bits();
         let flags = u32::from(cfg.sampled);
-        let mut ebpf = EbpfLoader::new()
+        let btf = crate::kernel_btf::get();
+        let mut ebpf = crate::kernel_btf::loader(btf.as_deref())
             .override_global("tclab_prop_mode", &bits, true)
             .override_global("tclab_prop_new_flags", &flags, true)
             .load(OBJECT)
@@ -402,7 +403,8 @@ where
 
 /// Load and attach the read tracepoint.
 fn attach_correlation(ebpf: &mut Ebpf) -> Result<(), PropagationError> {
-    let btf = Btf::from_sys_fs().map_err(|e| PropagationError::Map { map: "vmlinux BTF", reason: e.to_string() })?;
+    let btf = crate::kernel_btf::get()
+        .ok_or_else(|| PropagationError::Map { map: "vmlinux BTF", reason: "the kernel has no /sys/kernel/btf/vmlinux".into() })?;
     let p: &mut BtfTracePoint = program(ebpf, PROG_READ)?;
     p.load(TRACEPOINT_READ, &btf).map_err(prog_err(PROG_READ, "load"))?;
     p.attach().map_err(prog_err(PROG_READ, "attach"))?;
