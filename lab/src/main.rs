@@ -187,7 +187,8 @@ struct RunArgs {
     /// `all` (default: none).
     #[arg(long, value_delimiter = ',')]
     lockdown: Vec<String>,
-    /// Cells (VMs) run at once (default: the number of cores).
+    /// Cells (VMs) run at once (default: the number of cores; under TCG,
+    /// one and a half per core).
     #[arg(short = 'j', long)]
     jobs: Option<usize>,
     /// Kernel manifest folder.
