@@ -33,7 +33,29 @@ fn lab(tag: &str) -> Lab {
     Lab { a, b, pair, guard }
 }
 
+/// IPv4 captures and injectors on both sides of the pair.
+struct Ends {
+    /// What `a` lets through its TC ingress.
+    after_ingress: Capture,
+    /// What reaches `b` (what left `a`).
+    at_peer: Capture,
+    /// Sends from `b` (into `a`'s ingress).
+    from_peer: Injector,
+    /// Sends from `a` (through its TC egress).
+    from_dev: Injector,
+}
+
 impl Lab {
+    fn ends(&self) -> Ends {
+        let (ia, ib) = (self.pair.a.ifindex, self.pair.b.ifindex);
+        Ends {
+            after_ingress: self.a.run(|| Capture::after_ingress(ia, &[0x0800])).unwrap(),
+            at_peer: self.b.run(|| Capture::all(ib)).unwrap(),
+            from_peer: self.b.run(|| Injector::open(ib)).unwrap(),
+            from_dev: self.a.run(|| Injector::open(ia)).unwrap(),
+        }
+    }
+
     /// Drop the namespaces, then check nothing was left behind.
     fn finish(self) {
         let Lab { a, b, guard, .. } = self;
@@ -100,11 +122,7 @@ fn drain_together_waits_for_every_capture_and_keeps_their_frames_apart() {
         return;
     }
     let l = lab("both");
-    let (ia, ib) = (l.pair.a.ifindex, l.pair.b.ifindex);
-    let mut after_ingress = l.a.run(|| Capture::after_ingress(ia, &[0x0800])).unwrap();
-    let mut at_peer = l.b.run(|| Capture::all(ib)).unwrap();
-    let from_peer = l.b.run(|| Injector::open(ib)).unwrap();
-    let from_dev = l.a.run(|| Injector::open(ia)).unwrap();
+    let Ends { mut after_ingress, mut at_peer, from_peer, from_dev } = l.ends();
     let (to_a, to_b, late) = (frame(0x0800, 1), frame(0x0800, 2), frame(0x0800, 3));
     from_peer.send(&to_a).unwrap();
     from_dev.send(&to_b).unwrap();
@@ -128,11 +146,7 @@ fn injected_frames_arrive_byte_identical_in_both_directions() {
         return;
     }
     let l = lab("inj");
-    let (ia, ib) = (l.pair.a.ifindex, l.pair.b.ifindex);
-    let mut after_ingress = l.a.run(|| Capture::after_ingress(ia, &[0x0800])).unwrap();
-    let mut at_peer = l.b.run(|| Capture::all(ib)).unwrap();
-    let from_peer = l.b.run(|| Injector::open(ib)).unwrap();
-    let from_dev = l.a.run(|| Injector::open(ia)).unwrap();
+    let Ends { mut after_ingress, mut at_peer, from_peer, from_dev } = l.ends();
 
     let f = frame(0x0800, 1);
     from_peer.send(&f).unwrap();
