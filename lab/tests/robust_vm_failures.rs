@@ -8,7 +8,6 @@
 //! Needs the kernels in the cache (`tclab kernels fetch`) and
 //! `qemu-system-x86_64`; runs this test binary as the guest's `/init`.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -107,8 +106,9 @@ fn broken_cells_fail_clearly_and_the_matrix_goes_on() {
     passed(&outcomes[3]);
 }
 
-/// Children of this process that are QEMU running `kernel`.
-fn qemu_children(kernel: &Path) -> Vec<i32> {
+/// Children of this process that are QEMU with `marker` in their command
+/// line (other tests of this binary boot the same kernels at the same time).
+fn qemu_children(marker: &str) -> Vec<i32> {
     let me = std::process::id().to_string();
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
@@ -119,7 +119,7 @@ fn qemu_children(kernel: &Path) -> Vec<i32> {
         let ppid = rest.split(' ').nth(1).unwrap_or("");
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
-        if ppid == me && head.contains("(qemu-system") && cmdline.contains(&*kernel.to_string_lossy()) {
+        if ppid == me && head.contains("(qemu-system") && cmdline.contains(marker) {
             out.push(pid);
         }
     }
@@ -132,15 +132,19 @@ fn qemu_children(kernel: &Path) -> Vec<i32> {
 fn qemu_killed_under_a_cell_fails_it_and_the_other_cell_passes() {
     let test = "robust_vm_failures::qemu_killed_under_a_cell_fails_it_and_the_other_cell_passes";
     let (Some(victim_kernel), Some(k612)) = (kernel(test, "5.10"), kernel(test, "6.12")) else { return };
-    let image: PathBuf = victim_kernel.vmlinux();
+    // The kernel image alone does not single it out: the broken-cells test
+    // boots 5.10 too, and that cell ends at its silence limit (a kill then
+    // finds no process). A parameter the kernel ignores does.
+    let marker = format!("tclab.test_victim={}", std::process::id());
     let mut victim = spec(victim_kernel);
+    victim.extra_cmdline = vec![marker.clone()];
     victim.debug_hang = Some(HangMode::Busy);
     victim.timeout = Duration::from_secs(120);
     let good = spec(k612);
     let killer = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
-            if let Some(pid) = qemu_children(&image).first() {
+            if let Some(pid) = qemu_children(&marker).first() {
                 // let it boot into the busy hang first
                 std::thread::sleep(Duration::from_secs(20));
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL)
