@@ -18,7 +18,8 @@ static CACHE: Mutex<Option<Arc<Btf>>> = Mutex::new(None);
 static KEEP: AtomicBool = AtomicBool::new(true);
 
 /// The kernel's BTF (parsed now if not kept), or `None` when the kernel has
-/// none: CO-RE relocations then fail as they would with `EbpfLoader::new()`.
+/// none or it does not parse: CO-RE relocations then fail as they would
+/// with `EbpfLoader::new()`.
 pub fn get() -> Option<Arc<Btf>> {
     if !KEEP.load(Ordering::Relaxed) {
         return Btf::from_sys_fs().ok().map(Arc::new);

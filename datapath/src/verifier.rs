@@ -260,7 +260,7 @@ fn load_one(ebpf: &mut Ebpf, object: &'static str, program: &'static str, kind: 
             let btf = crate::kernel_btf::get().ok_or_else(|| VerifierError::Relocate {
                 object,
                 program,
-                reason: "kernel BTF: no /sys/kernel/btf/vmlinux".into(),
+                reason: "kernel BTF: /sys/kernel/btf/vmlinux is missing or does not parse".into(),
             })?;
             <&mut BtfTracePoint>::try_from(prog).map_err(|_| missing())?.load(tracepoint, &btf).map_err(failed)
         }

@@ -404,7 +404,7 @@ where
 /// Load and attach the read tracepoint.
 fn attach_correlation(ebpf: &mut Ebpf) -> Result<(), PropagationError> {
     let btf = crate::kernel_btf::get()
-        .ok_or_else(|| PropagationError::Map { map: "vmlinux BTF", reason: "the kernel has no /sys/kernel/btf/vmlinux".into() })?;
+        .ok_or_else(|| PropagationError::Map { map: "vmlinux BTF", reason: "/sys/kernel/btf/vmlinux is missing or does not parse".into() })?;
     let p: &mut BtfTracePoint = program(ebpf, PROG_READ)?;
     p.load(TRACEPOINT_READ, &btf).map_err(prog_err(PROG_READ, "load"))?;
     p.attach().map_err(prog_err(PROG_READ, "attach"))?;
