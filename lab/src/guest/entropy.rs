@@ -19,7 +19,7 @@ pub const SEED_BYTES: usize = 64;
 pub fn new_seed() -> String {
     let mut bytes = [0u8; SEED_BYTES];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 /// `struct rand_pool_info` with a fixed-size buffer.
@@ -58,15 +58,9 @@ pub fn crng_ready() -> bool {
     unsafe { libc::getrandom(b.as_mut_ptr().cast(), 1, libc::GRND_NONBLOCK) == 1 }
 }
 
-fn decode(hex: &str) -> Option<[u8; SEED_BYTES]> {
-    let raw = hex.as_bytes();
-    if raw.len() != SEED_BYTES * 2 {
-        return None;
-    }
+fn decode(seed_hex: &str) -> Option<[u8; SEED_BYTES]> {
     let mut out = [0u8; SEED_BYTES];
-    for (o, pair) in out.iter_mut().zip(raw.chunks_exact(2)) {
-        *o = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
+    hex::decode_to_slice(seed_hex, &mut out).ok()?;
     Some(out)
 }
 
@@ -79,8 +73,7 @@ mod tests {
         let (a, b) = (new_seed(), new_seed());
         assert_ne!(a, b);
         let bytes = decode(&a).expect("a new seed decodes");
-        let again: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(again, a);
+        assert_eq!(hex::encode(bytes), a);
     }
 
     #[test]
