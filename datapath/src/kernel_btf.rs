@@ -45,11 +45,6 @@ pub fn forget() {
     *CACHE.lock().unwrap_or_else(PoisonError::into_inner) = None;
 }
 
-/// Whether a copy is kept now.
-pub fn is_kept() -> bool {
-    CACHE.lock().unwrap_or_else(PoisonError::into_inner).is_some()
-}
-
 /// A loader with `btf` as its target BTF (from [`get`]).
 pub fn loader(btf: Option<&Btf>) -> EbpfLoader<'_> {
     let mut loader = EbpfLoader::without_btf();
@@ -60,6 +55,10 @@ pub fn loader(btf: Option<&Btf>) -> EbpfLoader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn is_kept() -> bool {
+        CACHE.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
 
     #[test]
     fn one_parse_is_shared_until_forgotten() {
