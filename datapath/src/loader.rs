@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use aya::maps::{HashMap, MapError, PerCpuArray};
+use aya::maps::{HashMap, MapError, PerCpuArray, ProgramArray};
 use aya::programs::{ProgramError, SchedClassifier};
 use aya::Ebpf;
 
@@ -31,6 +31,10 @@ pub mod objects {
 pub const PROG_INGRESS: &str = "tclab_ingress";
 /// Egress classifier name.
 pub const PROG_EGRESS: &str = "tclab_egress";
+/// The HTTP part of both classifiers, reached by tail call (never attached).
+pub const PROG_HTTP: &str = "tclab_http";
+/// Program array whose slot 0 holds [`PROG_HTTP`].
+pub const MAP_HTTP_PROG: &str = "tclab_http_prog";
 /// CT map (`struct ct_tuple` → `struct ct_entry`).
 pub const MAP_CT: &str = "tclab_ct";
 /// Events: ring buffer, or perf event array with [`EventTransport::PerfBuf`].
@@ -180,6 +184,15 @@ pub enum LoadError {
         #[source]
         source: ProgramError,
     },
+    #[error("map {map} not found in BPF object {object}")]
+    MissingMap { object: &'static str, map: &'static str },
+    #[error("map {map} of {object}: {source}")]
+    Map {
+        object: &'static str,
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
     #[error("failed to load program {program} of {object} into the kernel: {source}")]
     Program {
         object: &'static str,
@@ -195,6 +208,21 @@ fn load_classifier(ebpf: &mut Ebpf, object: &'static str, program: &'static str)
     let prog: &mut SchedClassifier =
         prog.try_into().map_err(|source| LoadError::NotClassifier { object, program, source })?;
     prog.load().map_err(|source| LoadError::Program { object, program, source })
+}
+
+/// Put the loaded [`PROG_HTTP`] in slot 0 of [`MAP_HTTP_PROG`], where both
+/// classifiers tail-call it: before anything is attached, so no packet is
+/// seen without its HTTP part.
+fn link_http_program(ebpf: &mut Ebpf, object: &'static str) -> Result<(), LoadError> {
+    let fd = classifier(ebpf, PROG_HTTP)
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .map_err(|source| LoadError::Program { object, program: PROG_HTTP, source })?;
+    let map = ebpf
+        .map_mut(MAP_HTTP_PROG)
+        .ok_or(LoadError::MissingMap { object, map: MAP_HTTP_PROG })?;
+    let mut slots = ProgramArray::try_from(map).map_err(|source| LoadError::Map { object, map: MAP_HTTP_PROG, source })?;
+    slots.set(0, &fd, 0).map_err(|source| LoadError::Map { object, map: MAP_HTTP_PROG, source })
 }
 
 fn classifier_mut<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> &'a mut SchedClassifier {
@@ -301,9 +329,10 @@ impl Datapath {
             .override_global(GLOBAL_EVENTS_WAKEUP_BYTES, &wakeup, true)
             .load(bytes)
             .map_err(|source| LoadError::Object { object, source: Box::new(source) })?;
-        for program in [PROG_INGRESS, PROG_EGRESS] {
+        for program in [PROG_HTTP, PROG_INGRESS, PROG_EGRESS] {
             load_classifier(&mut ebpf, object, program)?;
         }
+        link_http_program(&mut ebpf, object)?;
         tracing::debug!(object, ct_max_entries = cfg.ct_max_entries, "datapath loaded");
         Ok(Datapath { ebpf, object, ct_max_entries: cfg.ct_max_entries })
     }

@@ -44,7 +44,8 @@ struct pkt_info {
 	__u8 ct_reverse;         /* CT key is rtuple (status CT_REPLY) */
 	__u8 ct_found;           /* an entry exists (found or inserted) */
 	__u8 ct_flags;           /* entry flags after this packet's update */
-	__u8 _pad[3];
+	__u8 dir;                /* enum tclab_dir of the hook (for the HTTP program) */
+	__u8 _pad[2];
 };
 
 /* What a request whose head is split across segments leaves for the next
