@@ -1,7 +1,8 @@
 //! The embedded BPF objects and loading them into the kernel.
 //!
 //! [`Datapath`] is the agent's pair of classifiers (`tclab_ingress`,
-//! `tclab_egress`) with their CT, counter and event maps. [`TestProgram`] and
+//! `tclab_egress`, which tail-call `tclab_http` for TCP payload) with their
+//! CT, counter and event maps. [`TestProgram`] and
 //! [`EmptyClassifier`] are the lab's built-in chain programs. Loading puts the
 //! programs into the kernel (the verifier runs); attaching is `attach.rs`.
 
