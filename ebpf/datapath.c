@@ -9,11 +9,12 @@
  *
  * Why a tail call: the HTTP code is most of what the verifier walks (on
  * 5.10 and 6.1, 160k of each classifier's 172k instructions when it was
- * inlined), and it does not depend on the hook (the direction is one byte of the event, passed in the scratch
- * space with everything else). As its own program it is verified once per
- * load instead of once per hook, which halves the cost of every agent
- * start. The loader fills tclab_http_prog before anything is attached; an
- * empty slot would end the packet's work after CT, still TC_ACT_UNSPEC.
+ * inlined), and it does not depend on the hook: the direction is one byte
+ * of its event, passed in the scratch space with everything else. As its
+ * own program it is verified once per load instead of once per hook, which
+ * more than halves the verifier's work at every agent start. The loader
+ * fills tclab_http_prog before anything is attached; an empty slot would
+ * end the packet's work after CT, still TC_ACT_UNSPEC.
  *
  * Build variants (see ebpf/objects.rs): -DTCLAB_CT_HASH (plain hash CT map),
  * -DTCLAB_EVENTS_PERF (perf event array instead of a ring buffer).
