@@ -79,6 +79,24 @@ fn status_lines_are_responses() {
     assert_eq!(h.counter(Counter::HttpResponses), 3);
 }
 
+/// The HTTP code runs in `tclab_http`, tail-called by both hooks, and
+/// learns the hook from the per-CPU scratch value: alternating hooks on one
+/// CPU must never report the previous packet's direction.
+#[test]
+fn the_tail_called_http_program_reports_each_hooks_direction() {
+    let Some(mut h) = harness("the_tail_called_http_program_reports_each_hooks_direction") else { return };
+    for round in 0..3 {
+        let req = send(&mut h, &request("GET", "/", &[]));
+        assert_eq!(req.len(), 1, "round {round}: one request event");
+        assert_eq!((req[0].hdr.kind, req[0].hdr.dir), (EventKind::HttpRequest as u32, 1), "round {round}: request on egress");
+        h.ingress(&tcp(server(), client(), TCP_ACK | TCP_PSH, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        let resp = h.http_events();
+        assert_eq!(resp.len(), 1, "round {round}: one response event");
+        assert_eq!((resp[0].hdr.kind, resp[0].hdr.dir), (EventKind::HttpResponse as u32, 0), "round {round}: response on ingress");
+    }
+    assert_eq!((h.counter(Counter::HttpRequests), h.counter(Counter::HttpResponses)), (3, 3));
+}
+
 #[test]
 fn payload_capture_is_the_first_256_bytes() {
     let Some(mut h) = harness("payload_capture_is_the_first_256_bytes") else { return };
