@@ -36,6 +36,8 @@ pub const PROG_EGRESS: &str = "tclab_egress";
 pub const PROG_HTTP: &str = "tclab_http";
 /// Program array whose slot 0 holds [`PROG_HTTP`].
 pub const MAP_HTTP_PROG: &str = "tclab_http_prog";
+/// Every program [`Datapath::load`] loads.
+pub const DATAPATH_PROGRAMS: [&str; 3] = [PROG_INGRESS, PROG_EGRESS, PROG_HTTP];
 /// CT map (`struct ct_tuple` → `struct ct_entry`).
 pub const MAP_CT: &str = "tclab_ct";
 /// Events: ring buffer, or perf event array with [`EventTransport::PerfBuf`].
@@ -330,7 +332,7 @@ impl Datapath {
             .override_global(GLOBAL_EVENTS_WAKEUP_BYTES, &wakeup, true)
             .load(bytes)
             .map_err(|source| LoadError::Object { object, source: Box::new(source) })?;
-        for program in [PROG_HTTP, PROG_INGRESS, PROG_EGRESS] {
+        for program in DATAPATH_PROGRAMS {
             load_classifier(&mut ebpf, object, program)?;
         }
         link_http_program(&mut ebpf, object)?;

@@ -192,7 +192,7 @@ pub fn budget_with(method: Method) -> Result<Vec<ProgramBudget>, VerifierError> 
         let cfg = DatapathConfig { ct_map, events, ct_max_entries: 1024, ..DatapathConfig::default() };
         let dp = Datapath::load(&cfg)?;
         let (object, bytes) = object_bytes(dp.object_name());
-        for program in [loader::PROG_INGRESS, loader::PROG_EGRESS, loader::PROG_HTTP] {
+        for program in loader::DATAPATH_PROGRAMS {
             out.push(count(dp.ebpf(), object, bytes, program, Kind::Classifier, method)?);
         }
     }
