@@ -265,3 +265,50 @@ fn disabled_ip_and_tcp_modes_insert_no_header() {
         drop(st);
     }
 }
+
+/// `front`, answering first and calling `down` afterwards on the same
+/// thread (work after the response, outside any request).
+fn serve_front_then_call(listener: TcpListener, down: SocketAddr) {
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { return };
+        std::thread::spawn(move || {
+            let mut w = stream.try_clone().unwrap();
+            let mut r = BufReader::new(stream);
+            loop {
+                let head = read_head(&mut r);
+                if head.is_empty() {
+                    return;
+                }
+                let tp = header(&head, "traceparent").unwrap_or_default();
+                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Front: {tp}\r\n\r\n");
+                w.write_all(resp.as_bytes()).unwrap();
+                let mut d = TcpStream::connect(down).unwrap();
+                d.write_all(b"GET /after HTTP/1.1\r\nHost: down\r\n\r\n").unwrap();
+                read_head(&mut BufReader::new(d));
+            }
+        });
+    }
+}
+
+#[test]
+fn a_response_ends_the_threads_request() {
+    if !require::root("a_response_ends_the_threads_request") {
+        return;
+    }
+    let _g = serial();
+    let cg = OwnCgroup::enter("proptest");
+    let s = front_and_down("tclab-propafter", serve_front_then_call, serve_down);
+    let mut st = start(Mode::Headers, &cg, &s);
+    let p = &mut st.p;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for _ in 0..2 {
+        let got = get(&s, &format!("traceparent: {tp}\r\n"));
+        assert_eq!(got.front.as_deref(), Some(tp));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let after = events_of(p, PropKind::Client, Some(s.down.port()), None);
+        assert_eq!(after.len(), 1, "{after:#?}");
+        // the thread answered its request before calling: a new trace
+        assert_eq!((after[0].origin, after[0].parent_id.as_deref()), (Origin::New, None), "{after:#?}");
+        assert_ne!(after[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}
