@@ -519,6 +519,13 @@ fn parse_start_line(line: &str) -> Option<StartLine> {
         .then(|| StartLine::Request { method: a.to_owned(), path: b.to_owned() })
 }
 
+/// Most ring records one [`EventReader::poll`] returns. A reader that fell
+/// behind gets its backlog in batches: each batch's buffers (events, then
+/// spans) stay well under the 64 KiB whose free makes glibc consolidate
+/// every small free chunk (in the propagation benchmark, a backlog taken
+/// in one piece spent ~1 µs per request there).
+pub const MAX_BATCH: usize = 128;
+
 /// Longest wait in one `poll(2)` of [`EventReader::poll`]: the latency of
 /// an event that did not wake the reader.
 pub const POLL_SLICE: Duration = Duration::from_millis(10);
@@ -620,7 +627,8 @@ impl EventReader {
         self.perf_lost
     }
 
-    /// Wait up to `timeout` for data, then drain everything available.
+    /// Wait up to `timeout` for data, then drain what is available (at most
+    /// [`MAX_BATCH`] ring records; the rest is returned by the next call).
     ///
     /// The datapath wakes the reader only once a backlog builds up
     /// (`tclab_events_wakeup_bytes`), so the wait is cut into slices of at
@@ -638,7 +646,7 @@ impl EventReader {
     }
 
     fn poll_once(&mut self, timeout: Duration) -> Vec<Event> {
-        let mut out = self.drain();
+        let mut out = self.drain_up_to(MAX_BATCH);
         if out.is_empty() {
             let mut fds: Vec<libc::pollfd> = match &self.source {
                 Source::Ring(r) => vec![r.as_raw_fd()],
@@ -652,7 +660,7 @@ impl EventReader {
             let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
             // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            out = self.drain();
+            out = self.drain_up_to(MAX_BATCH);
         }
         out
     }
@@ -677,15 +685,26 @@ impl EventReader {
     /// path the newest records are held until the next drain (see
     /// `reorder_perf`).
     pub fn drain(&mut self) -> Vec<Event> {
-        let drain_start = crate::ct::monotonic_now_ns();
-        let mut records: Vec<Vec<u8>> = Vec::new();
+        self.drain_up_to(usize::MAX)
+    }
+
+    /// [`EventReader::drain`], at most `max` ring records (the perf-buffer
+    /// path is not bounded).
+    fn drain_up_to(&mut self, max: usize) -> Vec<Event> {
+        let mut out = Vec::new();
         match &mut self.source {
             Source::Ring(ring) => {
-                while let Some(item) = ring.next() {
-                    records.push(item.to_vec());
+                // Decoded in place, without a copy of each record (hundreds
+                // of bytes of payload): a ring's records are in order.
+                while out.len() < max
+                    && let Some(item) = ring.next()
+                {
+                    decode_record(&item, &mut out, &mut self.decode_errors);
                 }
             }
             Source::Perf(bufs) => {
+                let drain_start = crate::ct::monotonic_now_ns();
+                let mut records: Vec<Vec<u8>> = Vec::new();
                 let mut lost = 0;
                 for b in bufs.iter_mut() {
                     b.for_each(|ev| match ev {
@@ -697,20 +716,23 @@ impl EventReader {
                     tracing::warn!(lost, "perf buffers lost events");
                 }
                 self.perf_lost += lost;
-                records = self.reorder_perf(records, drain_start);
-            }
-        }
-        let mut out = Vec::with_capacity(records.len());
-        for rec in records {
-            match Event::decode(&rec) {
-                Ok(ev) => out.push(ev),
-                Err(e) => {
-                    self.decode_errors += 1;
-                    tracing::warn!(error = %e, "skipping undecodable event record");
+                for rec in self.reorder_perf(records, drain_start) {
+                    decode_record(&rec, &mut out, &mut self.decode_errors);
                 }
             }
         }
         out
+    }
+}
+
+/// Decode one record into `out`; an undecodable one is counted and logged.
+fn decode_record(rec: &[u8], out: &mut Vec<Event>, errors: &mut u64) {
+    match Event::decode(rec) {
+        Ok(ev) => out.push(ev),
+        Err(e) => {
+            *errors += 1;
+            tracing::warn!(error = %e, "skipping undecodable event record");
+        }
     }
 }
 

@@ -23,7 +23,9 @@
 //! connection-level spans of their own ([`connection_span`]), so that the
 //! trace keeps its links across the hop.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::net::SocketAddr;
 
 use super::events::{PropEvent, PropKind};
@@ -96,29 +98,32 @@ impl Linker {
         self.server.values().chain(self.client.values()).map(VecDeque::len).sum()
     }
 
-    /// Give `span` the ids of its event, if there is one; returns it.
-    pub fn apply(&mut self, span: &mut Span) -> Option<PropEvent> {
+    /// Give `span` the ids of its event, if there is one; whether there was.
+    pub fn apply(&mut self, span: &mut Span) -> bool {
         let key = (unmap(span.client), unmap(span.server));
         let ev = match span.kind {
-            SpanKind::Server => {
-                let q = self.server.get_mut(&key)?;
-                take_last(q, span.end_ns).filter(|e| e.ts_ns >= span.request_start_ns)
-            }
-            SpanKind::Client => take_last(self.client.get_mut(&key)?, span.request_start_ns),
-        }?;
+            SpanKind::Server => self
+                .server
+                .get_mut(&key)
+                .and_then(|q| take_last(q, span.end_ns))
+                .filter(|e| e.ts_ns >= span.request_start_ns),
+            SpanKind::Client => self.client.get_mut(&key).and_then(|q| take_last(q, span.request_start_ns)),
+        };
+        let Some(ev) = ev else { return false };
         if !ev.has_context() {
-            return Some(ev);
+            return true;
         }
-        span.trace_id.clone_from(&ev.trace_id);
-        span.span_id.clone_from(&ev.span_id);
-        span.parent_id.clone_from(&ev.parent_id);
+        // the event is spent: its ids move into the span
+        span.trace_id = ev.trace_id;
+        span.span_id = ev.span_id;
+        span.parent_id = ev.parent_id;
         span.flags = ev.flags;
         span.propagated = match span.kind {
             SpanKind::Server => ev.origin != Origin::New,
             SpanKind::Client => matches!(ev.origin, Origin::Thread | Origin::App),
         };
         self.linked += 1;
-        Some(ev)
+        true
     }
 }
 
@@ -231,18 +236,18 @@ mod tests {
         l.push(ev(PropKind::Server, 35, "10.0.0.2:80", "10.0.0.1:5000", "2222222222222222", None));
         let mut a = span(SpanKind::Server, "10.0.0.1:5000", "10.0.0.2:80", 10, 20);
         let mut b = span(SpanKind::Server, "10.0.0.1:5000", "10.0.0.2:80", 30, 40);
-        assert!(l.apply(&mut a).is_some());
-        assert!(l.apply(&mut b).is_some());
+        assert!(l.apply(&mut a));
+        assert!(l.apply(&mut b));
         assert_eq!((a.span_id.as_str(), b.span_id.as_str()), ("1111111111111111", "2222222222222222"));
         assert!(!a.propagated, "a new trace");
         assert_eq!(l.pending(), 0);
         // another connection's event is not taken
         l.push(ev(PropKind::Server, 50, "10.0.0.2:80", "10.0.0.1:5001", "3333333333333333", None));
         let mut c = span(SpanKind::Server, "10.0.0.1:5000", "10.0.0.2:80", 45, 60);
-        assert!(l.apply(&mut c).is_none());
+        assert!(!l.apply(&mut c));
         // an event before the request (a read the TC hooks did not see) is not taken
         let mut d = span(SpanKind::Server, "10.0.0.1:5001", "10.0.0.2:80", 55, 60);
-        assert!(l.apply(&mut d).is_none());
+        assert!(!l.apply(&mut d));
     }
 
     #[test]
@@ -250,7 +255,7 @@ mod tests {
         let mut l = Linker::new();
         l.push(ev(PropKind::Client, 5, "10.0.0.2:6000", "10.0.0.3:80", "cccccccccccccccc", Some("5555555555555555")));
         let mut s = span(SpanKind::Client, "10.0.0.2:6000", "10.0.0.3:80", 6, 9);
-        l.apply(&mut s).unwrap();
+        assert!(l.apply(&mut s));
         assert_eq!(s.span_id, "cccccccccccccccc");
         assert_eq!(s.parent_id.as_deref(), Some("5555555555555555"));
         assert_eq!(s.trace_id, "ab".repeat(16));
@@ -299,7 +304,7 @@ mod tests {
         l.push(e);
         let mut s = span(SpanKind::Client, "10.0.0.2:6000", "10.0.0.3:80", 6, 9);
         let before = s.clone();
-        assert!(l.apply(&mut s).is_some());
+        assert!(l.apply(&mut s));
         assert_eq!(s, before);
     }
 }
