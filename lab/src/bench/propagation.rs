@@ -132,7 +132,7 @@ fn measure(mode: Mode, time: Duration, stats: bool) -> anyhow::Result<Load> {
     let cpu_before = thread_cpu();
     let mut spans = 0;
     while started.elapsed() < time {
-        spans += t.collect(usize::MAX, Duration::from_millis(50)).len();
+        spans += t.drain_count(Duration::from_millis(20));
     }
     let agents_cpu = thread_cpu().saturating_sub(cpu_before);
     done.store(true, Ordering::Relaxed);

@@ -106,6 +106,13 @@ impl TracedChain {
         out
     }
 
+    /// Poll every agent once (up to `timeout` each) and count the spans,
+    /// as an agent's run loop would take them: no ordering, nothing kept
+    /// (what a load generator needs; [`TracedChain::collect`] is for checks).
+    pub fn drain_count(&mut self, timeout: Duration) -> usize {
+        self.agents.iter_mut().map(|(_, agent)| agent.poll_spans(timeout).len()).sum()
+    }
+
     /// Beyla lines, as each agent prints them.
     pub fn beyla_lines(&self, spans: &[Reported]) -> Vec<String> {
         let clock = self.agents.first().map(|(_, a)| *a.clock());
