@@ -237,7 +237,12 @@ impl Agent {
             _devices: devices,
             datapath,
             events,
-            spans: SpanBuilder::new(Box::new(RandomIds)),
+            // with propagation most spans take the kernel's ids (linker)
+            spans: if propagation.is_some() {
+                SpanBuilder::new(Box::new(RandomIds)).deferring_ids()
+            } else {
+                SpanBuilder::new(Box::new(RandomIds))
+            },
             otlp,
             propagation,
             linker: Linker::new(),
@@ -335,8 +340,12 @@ impl Agent {
             }
         }
         let mut spans: Vec<Span> = events.iter().flat_map(|e| self.spans.push_all(e)).collect();
-        for s in &mut spans {
-            self.linker.apply(s);
+        if self.propagation.is_some() {
+            for s in &mut spans {
+                if !self.linker.apply(s) {
+                    self.spans.decide_ids(s);
+                }
+            }
         }
         // connection-level spans of TLS hops (no HTTP for the datapath to see)
         spans.extend(self.linker.take_connection_spans());

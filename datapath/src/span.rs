@@ -191,6 +191,9 @@ pub struct SpanBuilder {
     queues: HashMap<QueueKey, VecDeque<Pending>>,
     ready: Vec<Span>,
     ids: Box<dyn IdSource>,
+    /// Spans leave without ids; [`SpanBuilder::decide_ids`] gives them
+    /// (the agent with propagation: most spans take the kernel's ids).
+    defer_ids: bool,
     unmatched_responses: u64,
 }
 
@@ -212,7 +215,26 @@ impl Default for SpanBuilder {
 impl SpanBuilder {
     /// A builder drawing new ids from `ids`.
     pub fn new(ids: Box<dyn IdSource>) -> SpanBuilder {
-        SpanBuilder { queues: HashMap::default(), ready: Vec::new(), ids, unmatched_responses: 0 }
+        SpanBuilder { queues: HashMap::default(), ready: Vec::new(), ids, defer_ids: false, unmatched_responses: 0 }
+    }
+
+    /// Complete spans without trace and span ids (empty), for a caller that
+    /// takes them from elsewhere first and calls [`SpanBuilder::decide_ids`]
+    /// for the others: no random ids drawn and formatted to be dropped.
+    pub fn deferring_ids(mut self) -> SpanBuilder {
+        self.defer_ids = true;
+        self
+    }
+
+    /// Ids for `span` from its request's traceparent (continued when
+    /// valid, else a new trace) and a new span id.
+    pub fn decide_ids(&mut self, span: &mut Span) {
+        let decision = decide_trace(&span.traceparent_in, self.ids.as_mut());
+        span.trace_id = decision.trace_id;
+        span.span_id = hex::encode(self.ids.span_id());
+        span.parent_id = decision.parent_id;
+        span.flags = decision.flags;
+        span.propagated = decision.propagated;
     }
 
     /// Requests still waiting for their response.
@@ -303,9 +325,8 @@ impl SpanBuilder {
             self.queues.remove(&key);
         }
         let req = p.req;
-        let decision = decide_trace(&req.traceparent, self.ids.as_mut());
         let t = req.meta.tuple;
-        Some(Span {
+        let mut span = Span {
             kind: if req.meta.dir == Dir::Ingress { SpanKind::Server } else { SpanKind::Client },
             method: req.method,
             path: req.path,
@@ -320,13 +341,17 @@ impl SpanBuilder {
             end_ns: resp.meta.ts_ns.max(p.last_segment_ns),
             traceparent_in: req.traceparent,
             tracestate: req.tracestate,
-            trace_id: decision.trace_id,
-            span_id: hex::encode(self.ids.span_id()),
-            parent_id: decision.parent_id,
-            flags: decision.flags,
-            propagated: decision.propagated,
+            trace_id: String::new(),
+            span_id: String::new(),
+            parent_id: None,
+            flags: 0,
+            propagated: false,
             ifindex: req.meta.ifindex,
-        })
+        };
+        if !self.defer_ids {
+            self.decide_ids(&mut span);
+        }
+        Some(span)
     }
 }
 

@@ -255,3 +255,24 @@ fn beyla_line_format() {
     assert_eq!(json["kind"], "client");
     assert_eq!(json["trace_id"], "0af7651916cd43dd8448eb211c80319c");
 }
+
+#[test]
+fn deferred_ids_are_decided_as_at_completion() {
+    let d = Dir::Ingress;
+    let events = [
+        req(1_000, d, "/one", Traceparent::Valid(VALID.into())),
+        resp(2_000, d, 200, 5),
+        req(3_000, d, "/two", Traceparent::Missing),
+        resp(4_000, d, 200, 0),
+    ];
+    let (now, _) = run(&events);
+    let mut b = SpanBuilder::new(Box::new(SequentialIds::default())).deferring_ids();
+    let mut later: Vec<Span> = events.iter().flat_map(|e| b.push_all(e)).collect();
+    assert!(later.iter().all(|s| s.trace_id.is_empty() && s.span_id.is_empty() && s.parent_id.is_none()), "{later:#?}");
+    for s in &mut later {
+        b.decide_ids(s);
+    }
+    assert_eq!(later, now);
+    assert_eq!(later[0].trace_id, "0af7651916cd43dd8448eb211c80319c", "a valid header is continued");
+    assert!(later[0].propagated && !later[1].propagated);
+}

@@ -98,7 +98,9 @@ impl Linker {
         self.server.values().chain(self.client.values()).map(VecDeque::len).sum()
     }
 
-    /// Give `span` the ids of its event, if there is one; whether there was.
+    /// Give `span` the ids of its event; whether it had an event with ids
+    /// (an event without, an outgoing header that was invalid, is spent
+    /// and leaves the span's ids to be decided from its own header).
     pub fn apply(&mut self, span: &mut Span) -> bool {
         let key = (unmap(span.client), unmap(span.server));
         let ev = match span.kind {
@@ -111,7 +113,7 @@ impl Linker {
         };
         let Some(ev) = ev else { return false };
         if !ev.has_context() {
-            return true;
+            return false;
         }
         // the event is spent: its ids move into the span
         span.trace_id = ev.trace_id;
@@ -304,7 +306,8 @@ mod tests {
         l.push(e);
         let mut s = span(SpanKind::Client, "10.0.0.2:6000", "10.0.0.3:80", 6, 9);
         let before = s.clone();
-        assert!(l.apply(&mut s));
+        assert!(!l.apply(&mut s));
         assert_eq!(s, before);
+        assert_eq!(l.pending(), 0, "the event is spent");
     }
 }
