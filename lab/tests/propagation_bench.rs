@@ -26,7 +26,13 @@ fn the_propagation_section_reports_both_sides_of_the_ratio() {
     assert!(off > 10.0, "the chain answers requests: {off} req/s");
     let bpf_off = row("BPF run time per request, propagation=disabled")["value"].as_f64().expect("a number");
     assert!(bpf_off > 0.0, "the TC datapath ran: {bpf_off} ns per request");
+    let cpu_off = row("machine CPU per request, propagation=disabled")["value"].as_f64().expect("a number");
+    // at least the chain's three services and the client ran for each request
+    assert!(cpu_off > 1.0, "machine CPU per request: {cpu_off} µs");
     for mode in ["headers", "tcp", "ip", "all"] {
+        let cpu = row(&format!("machine CPU per request, propagation={mode}"));
+        assert_eq!(cpu["baseline"].as_f64(), Some(cpu_off), "{mode}: {cpu}");
+        assert!(cpu["value"].as_f64().is_some_and(|v| v > 1.0), "{mode}: {cpu}");
         let on = row(&format!("requests/s, propagation={mode}"));
         assert_eq!(on["baseline"].as_f64(), Some(off), "{mode}: compared with the same run's baseline");
         assert!(on["value"].as_f64().is_some_and(|v| v > 10.0), "{mode}: {on}");

@@ -40,6 +40,21 @@ struct Load {
     bpf_ns: BTreeMap<String, (f64, f64)>,
     /// CPU time of the agents' user space (decoding, linking, spans) per request.
     agents_ns: f64,
+    /// CPU time of the whole machine (every core, everything on it) per
+    /// request, µs: at saturation the rate is cores / this, and it moves
+    /// less than the rate with other load.
+    machine_us: f64,
+}
+
+/// Busy and total CPU time of the machine so far, in clock ticks (first
+/// line of /proc/stat: user nice system idle iowait irq softirq steal …).
+fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    let line = stat.lines().next().unwrap_or_default();
+    let f: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
+    anyhow::ensure!(f.len() == 8, "/proc/stat: unexpected first line {line:?}");
+    let total: u64 = f.iter().sum();
+    Ok((total - f[3] - f[4], total))
 }
 
 /// CPU time of the calling thread.
@@ -78,6 +93,11 @@ fn bpf_per_request(
         e.1 += runs.saturating_sub(was_runs) as f64 / n;
     }
     out
+}
+
+/// USER_HZ: the unit of /proc/stat.
+fn clock_ticks_per_s() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().map_or(100.0, |v| v as f64)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -127,6 +147,7 @@ fn measure(mode: Mode, time: Duration, stats: bool) -> anyhow::Result<Load> {
             })?
         }));
     }
+    let ticks_before = machine_ticks()?;
     let started = Instant::now();
     // this thread is the three agents' reader: its CPU time is theirs
     let cpu_before = thread_cpu();
@@ -135,6 +156,7 @@ fn measure(mode: Mode, time: Duration, stats: bool) -> anyhow::Result<Load> {
         spans += t.drain_count(Duration::from_millis(20));
     }
     let agents_cpu = thread_cpu().saturating_sub(cpu_before);
+    let ticks_after = machine_ticks()?;
     done.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
     let mut lat = Vec::new();
@@ -152,6 +174,7 @@ fn measure(mode: Mode, time: Duration, stats: bool) -> anyhow::Result<Load> {
         spans,
         bpf_ns,
         agents_ns,
+        machine_us: ticks_after.0.saturating_sub(ticks_before.0) as f64 * 1e6 / clock_ticks_per_s() / lat.len().max(1) as f64,
     })
 }
 
@@ -170,13 +193,19 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
     // each carrier alone, then all three: where the cost of `all` comes from
     let modes = [Mode::Headers, Mode::Tcp, Mode::Ip, Mode::All];
     let mut offs: Vec<Load> = Vec::new();
-    let mut ratios: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); modes.len()];
+    // per round: requests/s, p99, p50 and machine CPU per request, on / off
+    let mut ratios: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); modes.len()];
     let mut runs: Vec<Vec<Load>> = vec![Vec::new(); modes.len()];
     for _ in 0..rounds {
         let off = measure(Mode::Disabled, time, false)?;
         for (i, mode) in modes.iter().enumerate() {
             let on = measure(*mode, time, false)?;
-            ratios[i].push((on.rps / off.rps, on.p99_us / off.p99_us.max(1.0), on.p50_us / off.p50_us.max(1.0)));
+            ratios[i].push((
+                on.rps / off.rps,
+                on.p99_us / off.p99_us.max(1.0),
+                on.p50_us / off.p50_us.max(1.0),
+                on.machine_us / off.machine_us.max(f64::MIN_POSITIVE),
+            ));
             runs[i].push(on);
         }
         offs.push(off);
@@ -229,6 +258,10 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
     };
     let (off_bpf, off_per) = bpf(std::slice::from_ref(&stats_off));
     let off_agents = med(offs.iter().map(|l| l.agents_ns).collect());
+    let off_machine = med(offs.iter().map(|l| l.machine_us).collect());
+    s.rows.push(Row::value("machine CPU per request, propagation=disabled", off_machine, "µs").note(
+        "busy time of every core (/proc/stat: the chain, the agents, the client, anything else) per request, median over runs",
+    ));
     s.rows.push(
         Row::value("agents' user-space CPU per request, propagation=disabled", off_agents, "ns")
             .note("CPU time of the thread that reads the three agents' rings and builds their spans, median over runs"),
@@ -241,6 +274,12 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
         let (on_bpf, on_per) = bpf(std::slice::from_ref(&stats_on[i]));
         let on_agents = med(runs[i].iter().map(|l| l.agents_ns).collect());
         s.rows.push(Row::ratio(format!("agents' user-space CPU per request, propagation={mode}"), on_agents, off_agents, "ns"));
+        let on_machine = med(runs[i].iter().map(|l| l.machine_us).collect());
+        let cpu = med(ratios[i].iter().map(|r| r.3).collect());
+        s.rows.push(Row::ratio(format!("machine CPU per request, propagation={mode}"), on_machine, off_machine, "µs").note(format!(
+            "median of the per-round ratios {cpu:.3}×: at saturation a throughput loss of {:.1}%",
+            (1.0 - 1.0 / cpu) * 100.0
+        )));
         s.rows.push(
             Row::ratio(format!("BPF run time per request, propagation={mode}"), on_bpf, off_bpf, "ns")
                 .note(format!("ns per request (runs per request): {}", describe(&on_per))),
