@@ -46,15 +46,16 @@ struct Load {
     machine_us: f64,
 }
 
-/// Busy and total CPU time of the machine so far, in clock ticks (first
-/// line of /proc/stat: user nice system idle iowait irq softirq steal …).
-fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+/// Busy CPU time of the machine so far, in clock ticks (first line of
+/// /proc/stat: user nice system idle iowait irq softirq steal …).
+fn machine_ticks() -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
     let line = stat.lines().next().unwrap_or_default();
     let f: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
     anyhow::ensure!(f.len() == 8, "/proc/stat: unexpected first line {line:?}");
     let total: u64 = f.iter().sum();
-    Ok((total - f[3] - f[4], total))
+    // idle, iowait and steal (time the hypervisor gave to others) are not busy
+    Ok(total - f[3] - f[4] - f[7])
 }
 
 /// CPU time of the calling thread.
@@ -174,7 +175,7 @@ fn measure(mode: Mode, time: Duration, stats: bool) -> anyhow::Result<Load> {
         spans,
         bpf_ns,
         agents_ns,
-        machine_us: ticks_after.0.saturating_sub(ticks_before.0) as f64 * 1e6 / clock_ticks_per_s() / lat.len().max(1) as f64,
+        machine_us: ticks_after.saturating_sub(ticks_before) as f64 * 1e6 / clock_ticks_per_s() / lat.len().max(1) as f64,
     })
 }
 
