@@ -61,10 +61,12 @@ struct Received {
     front_count: usize,
 }
 
-/// `down`: answers each request with the traceparent it got in a header.
-fn serve_down(listener: TcpListener) {
+/// Accept connections, each on its own thread, and call `answer` with each
+/// request head read on it and the connection to write to.
+fn serve_heads(listener: TcpListener, answer: impl Fn(&[String], &mut TcpStream) + Clone + Send + 'static) {
     for conn in listener.incoming() {
         let Ok(stream) = conn else { return };
+        let answer = answer.clone();
         std::thread::spawn(move || {
             let mut w = stream.try_clone().unwrap();
             let mut r = BufReader::new(stream);
@@ -73,38 +75,32 @@ fn serve_down(listener: TcpListener) {
                 if head.is_empty() {
                     return;
                 }
-                let tp = header(&head, "traceparent").unwrap_or_default();
-                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Got: {tp}\r\n\r\n");
-                w.write_all(resp.as_bytes()).unwrap();
+                answer(&head, &mut w);
             }
         });
     }
 }
 
+/// `down`: answers each request with the traceparent it got in a header.
+fn serve_down(listener: TcpListener) {
+    serve_heads(listener, |head, w| {
+        let tp = header(head, "traceparent").unwrap_or_default();
+        w.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Got: {tp}\r\n\r\n").as_bytes()).unwrap();
+    });
+}
+
 /// `front`: for each request, calls `down` on the serving thread (a new
 /// connection each time), then answers with both traceparents.
 fn serve_front(listener: TcpListener, down: SocketAddr) {
-    for conn in listener.incoming() {
-        let Ok(stream) = conn else { return };
-        std::thread::spawn(move || {
-            let mut w = stream.try_clone().unwrap();
-            let mut r = BufReader::new(stream);
-            loop {
-                let head = read_head(&mut r);
-                if head.is_empty() {
-                    return;
-                }
-                let tp = header(&head, "traceparent").unwrap_or_default();
-                let count = head.iter().filter(|l| l.to_ascii_lowercase().starts_with("traceparent:")).count();
-                let mut d = TcpStream::connect(down).unwrap();
-                d.write_all(b"GET /down HTTP/1.1\r\nHost: down\r\nUser-Agent: t\r\n\r\n").unwrap();
-                let mut dr = BufReader::new(d);
-                let got = header(&read_head(&mut dr), "x-got").unwrap_or_default();
-                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Front: {tp}\r\nX-Down: {got}\r\nX-Count: {count}\r\n\r\n");
-                w.write_all(resp.as_bytes()).unwrap();
-            }
-        });
-    }
+    serve_heads(listener, move |head, w| {
+        let tp = header(head, "traceparent").unwrap_or_default();
+        let count = head.iter().filter(|l| l.to_ascii_lowercase().starts_with("traceparent:")).count();
+        let mut d = TcpStream::connect(down).unwrap();
+        d.write_all(b"GET /down HTTP/1.1\r\nHost: down\r\nUser-Agent: t\r\n\r\n").unwrap();
+        let got = header(&read_head(&mut BufReader::new(d)), "x-got").unwrap_or_default();
+        let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Front: {tp}\r\nX-Down: {got}\r\nX-Count: {count}\r\n\r\n");
+        w.write_all(resp.as_bytes()).unwrap();
+    });
 }
 
 fn setup() -> Setup {
@@ -269,25 +265,13 @@ fn disabled_ip_and_tcp_modes_insert_no_header() {
 /// `front`, answering first and calling `down` afterwards on the same
 /// thread (work after the response, outside any request).
 fn serve_front_then_call(listener: TcpListener, down: SocketAddr) {
-    for conn in listener.incoming() {
-        let Ok(stream) = conn else { return };
-        std::thread::spawn(move || {
-            let mut w = stream.try_clone().unwrap();
-            let mut r = BufReader::new(stream);
-            loop {
-                let head = read_head(&mut r);
-                if head.is_empty() {
-                    return;
-                }
-                let tp = header(&head, "traceparent").unwrap_or_default();
-                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Front: {tp}\r\n\r\n");
-                w.write_all(resp.as_bytes()).unwrap();
-                let mut d = TcpStream::connect(down).unwrap();
-                d.write_all(b"GET /after HTTP/1.1\r\nHost: down\r\n\r\n").unwrap();
-                read_head(&mut BufReader::new(d));
-            }
-        });
-    }
+    serve_heads(listener, move |head, w| {
+        let tp = header(head, "traceparent").unwrap_or_default();
+        w.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Front: {tp}\r\n\r\n").as_bytes()).unwrap();
+        let mut d = TcpStream::connect(down).unwrap();
+        d.write_all(b"GET /after HTTP/1.1\r\nHost: down\r\n\r\n").unwrap();
+        read_head(&mut BufReader::new(d));
+    });
 }
 
 #[test]
