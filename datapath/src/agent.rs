@@ -238,11 +238,7 @@ impl Agent {
             datapath,
             events,
             // with propagation most spans take the kernel's ids (linker)
-            spans: if propagation.is_some() {
-                SpanBuilder::new(Box::new(RandomIds)).deferring_ids()
-            } else {
-                SpanBuilder::new(Box::new(RandomIds))
-            },
+            spans: SpanBuilder::new(Box::new(RandomIds)).deferring_ids(propagation.is_some()),
             otlp,
             propagation,
             linker: Linker::new(),

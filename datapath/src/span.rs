@@ -7,9 +7,9 @@
 //! continuation events of the same connection before its response arrives.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 
 use foldhash::HashMap;
-use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -218,11 +218,12 @@ impl SpanBuilder {
         SpanBuilder { queues: HashMap::default(), ready: Vec::new(), ids, defer_ids: false, unmatched_responses: 0 }
     }
 
-    /// Complete spans without trace and span ids (empty), for a caller that
-    /// takes them from elsewhere first and calls [`SpanBuilder::decide_ids`]
-    /// for the others: no random ids drawn and formatted to be dropped.
-    pub fn deferring_ids(mut self) -> SpanBuilder {
-        self.defer_ids = true;
+    /// With `defer`, complete spans without trace and span ids (empty), for
+    /// a caller that takes them from elsewhere first and calls
+    /// [`SpanBuilder::decide_ids`] for the others: no random ids drawn and
+    /// formatted to be dropped.
+    pub fn deferring_ids(mut self, defer: bool) -> SpanBuilder {
+        self.defer_ids = defer;
         self
     }
 

@@ -266,7 +266,7 @@ fn deferred_ids_are_decided_as_at_completion() {
         resp(4_000, d, 200, 0),
     ];
     let (now, _) = run(&events);
-    let mut b = SpanBuilder::new(Box::new(SequentialIds::default())).deferring_ids();
+    let mut b = SpanBuilder::new(Box::new(SequentialIds::default())).deferring_ids(true);
     let mut later: Vec<Span> = events.iter().flat_map(|e| b.push_all(e)).collect();
     assert!(later.iter().all(|s| s.trace_id.is_empty() && s.span_id.is_empty() && s.parent_id.is_none()), "{later:#?}");
     for s in &mut later {

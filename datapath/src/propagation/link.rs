@@ -24,9 +24,9 @@
 //! trace keeps its links across the hop.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 
 use foldhash::HashMap;
-use std::net::SocketAddr;
 
 use super::events::{PropEvent, PropKind};
 use super::types::Origin;
