@@ -26,6 +26,8 @@ pub const OBJECTS: &[Object] = &[
     Object { name: "testprogs.o", source: "testprogs.c", defines: &[] },
     Object { name: "ciliumlike.o", source: "ciliumlike.c", defines: &[] },
     Object { name: "propagation.o", source: "propagation.c", defines: &[] },
+    // the same programs returning at once: the benchmark's floor
+    Object { name: "propagation_hooks.o", source: "propagation.c", defines: &["TCLAB_PROP_HOOKS_ONLY"] },
 ];
 
 /// Environment variable naming the clang to use (default `clang-14`).

@@ -14,13 +14,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use tclab_datapath::propagation::events::PropKind;
 use tclab_datapath::propagation::types::Origin;
-use tclab_datapath::propagation::{Mode, PropEvent, Propagation};
+use tclab_datapath::propagation::{Mode, Programs, PropEvent, Propagation};
 use tclab_datapath::w3c;
 use tclab_net::require;
 
 #[path = "common/own_cgroup.rs"]
 mod own_cgroup;
-use own_cgroup::{OwnCgroup, Setup, Started, front_and_down, start_propagation};
+use own_cgroup::{OwnCgroup, Setup, Started, front_and_down, start_programs, start_propagation};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -295,4 +295,44 @@ fn a_response_ends_the_threads_request() {
         assert_eq!((after[0].origin, after[0].parent_id.as_deref()), (Origin::New, None), "{after:#?}");
         assert_ne!(after[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
     }
+}
+
+/// Run counts of the propagation programs, by name (run-time statistics
+/// must be on).
+fn run_counts(p: &Propagation) -> std::collections::HashMap<String, u64> {
+    let ids: std::collections::HashMap<u32, String> = p.program_ids().into_iter().map(|(n, id)| (id, n)).collect();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|info| Some((ids.get(&info.id())?.clone(), info.run_count())))
+        .collect()
+}
+
+/// The benchmark's floor (`Programs::HooksOnly`): the same hooks run (the
+/// sockets are in the sockhash, so the message program runs on every send),
+/// and nothing is propagated.
+#[test]
+fn the_hooks_only_build_runs_on_every_hook_and_propagates_nothing() {
+    if !require::root("the_hooks_only_build_runs_on_every_hook_and_propagates_nothing") {
+        return;
+    }
+    let _g = serial();
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let cg = OwnCgroup::enter("proptest");
+    let s = setup();
+    let mut st = start_programs(Mode::Headers, Programs::HooksOnly, &cg, &s.ns);
+    let before = run_counts(&st.p);
+    for _ in 0..3 {
+        let got = get(&s, "");
+        assert_eq!((got.front.as_deref(), got.down.as_deref()), (None, None), "no header: {got:?}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let after = run_counts(&st.p);
+    // per request: front's request to down and the two responses are
+    // sends of the cgroup's sockets; front and down read a request each
+    for (name, at_least) in [("tclab_prop_msg", 9), ("tclab_prop_read", 6), ("tclab_prop_ingress", 6)] {
+        let ran = after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+        assert!(ran >= at_least, "{name} ran {ran} times for 3 requests: {before:?} -> {after:?}");
+    }
+    assert_eq!(st.p.drain(), Vec::<PropEvent>::new(), "no events");
+    assert!(st.p.counters().expect("counters").iter().all(|(_, v)| *v == 0), "{:?}", st.p.counters());
 }

@@ -44,5 +44,12 @@ fn the_propagation_section_reports_both_sides_of_the_ratio() {
         assert!(bpf["value"].as_f64().is_some_and(|v| v > bpf_off), "{mode}: propagation's programs ran: {bpf}");
         let note = bpf["note"].as_str().unwrap_or("");
         assert!(note.contains("tclab_prop_read"), "{mode}: the per-program split names the read tracepoint: {note}");
+        // the floor: the same hooks with programs that return at once
+        let floor = row(&format!("machine CPU per request, propagation={mode}, hooks only"));
+        assert_eq!(floor["baseline"].as_f64(), Some(cpu_off), "{mode}: {floor}");
+        assert!(floor["value"].as_f64().is_some_and(|v| v > 1.0), "{mode}: {floor}");
+        let floor_loss = row(&format!("throughput loss, propagation={mode}, hooks only"));
+        assert!(floor_loss["value"].as_f64().is_some_and(f64::is_finite), "{mode}: {floor_loss}");
+        assert!(floor_loss["target"].is_null(), "{mode}: the floor is a figure, not a target: {floor_loss}");
     }
 }

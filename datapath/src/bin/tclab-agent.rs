@@ -243,7 +243,7 @@ fn run(args: RunArgs) -> Result<()> {
         propagation: tclab_datapath::propagation::PropagationConfig {
             mode: args.propagation,
             cgroup: args.propagation_cgroup.clone(),
-            sampled: true,
+            ..Default::default()
         },
         ..AgentConfig::default()
     };

@@ -46,6 +46,8 @@ use types::{COUNTER_NAMES, PropKey, mode_bits};
 
 /// The object built from `ebpf/propagation.c`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/propagation.o"));
+/// The same source built with `TCLAB_PROP_HOOKS_ONLY` ([`Programs::HooksOnly`]).
+pub static OBJECT_HOOKS_ONLY: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/propagation_hooks.o"));
 
 /// Environment variable with the mode (as Beyla's `BEYLA_BPF_CONTEXT_PROPAGATION`).
 pub const ENV_MODE: &str = "TCLAB_CONTEXT_PROPAGATION";
@@ -141,12 +143,28 @@ pub struct PropagationConfig {
     pub cgroup: Option<PathBuf>,
     /// Trace flags of new traces: sampled (01) or not (00).
     pub sampled: bool,
+    /// Which build of the programs to load.
+    pub programs: Programs,
 }
 
 impl Default for PropagationConfig {
     fn default() -> Self {
-        PropagationConfig { mode: Mode::Disabled, cgroup: None, sampled: true }
+        PropagationConfig { mode: Mode::Disabled, cgroup: None, sampled: true, programs: Programs::Full }
     }
+}
+
+/// Which build of the propagation programs [`Propagation::start`] loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Programs {
+    /// The propagation programs.
+    #[default]
+    Full,
+    /// The same programs on the same hooks, returning at once (sockops
+    /// still fills the sockhash, and asks for the TCP header-option
+    /// callbacks in modes with the TCP option). Propagates nothing: what
+    /// the kernel's hooks cost by themselves, the floor the propagation
+    /// benchmark measures the programs against.
+    HooksOnly,
 }
 
 /// Why propagation could not start.
@@ -255,7 +273,7 @@ impl Propagation {
             }
         };
         p.cgroup = Some(cgroup);
-        tracing::debug!(mode = %cfg.mode, cgroup = ?p.cgroup, correlation = ?p.correlation, "context propagation started");
+        tracing::debug!(mode = %cfg.mode, programs = ?cfg.programs, cgroup = ?p.cgroup, correlation = ?p.correlation, "context propagation started");
         Ok(p)
     }
 
@@ -266,7 +284,7 @@ impl Propagation {
     /// # Errors
     /// A disabled mode, or a program the kernel refuses.
     pub fn start_tc_only(mode: Mode) -> Result<Propagation, PropagationError> {
-        Propagation::load(&PropagationConfig { mode, cgroup: None, sampled: true })
+        Propagation::load(&PropagationConfig { mode, cgroup: None, ..PropagationConfig::default() })
     }
 
     /// The object with its constants, the classifiers loaded.
@@ -280,7 +298,10 @@ impl Propagation {
         let mut ebpf = crate::kernel_btf::loader(btf.as_deref())
             .override_global("tclab_prop_mode", &bits, true)
             .override_global("tclab_prop_new_flags", &flags, true)
-            .load(OBJECT)
+            .load(match cfg.programs {
+                Programs::Full => OBJECT,
+                Programs::HooksOnly => OBJECT_HOOKS_ONLY,
+            })
             .map_err(|e| PropagationError::Object(Box::new(e)))?;
         let mut classifiers = vec![PROG_INGRESS];
         if cfg.mode.uses_egress() {
@@ -370,6 +391,12 @@ impl Propagation {
     /// One counter by name (0 when unknown).
     pub fn counter(&self, name: &str) -> u64 {
         self.counters().ok().and_then(|c| c.into_iter().find(|(n, _)| *n == name)).map_or(0, |(_, v)| v)
+    }
+
+    /// Name and kernel id of every loaded program (the run-time statistics
+    /// of a program are read by its id).
+    pub fn program_ids(&self) -> Vec<(String, u32)> {
+        self.ebpf.programs().filter_map(|(name, p)| Some((name.to_owned(), p.info().ok()?.id()))).collect()
     }
 
     /// Kernel ids of the loaded TC classifiers (for the chain rules: ours).

@@ -44,11 +44,21 @@ pub struct Started {
 
 /// Start propagation in `mode` for `cg`, with its classifiers (TCX) on `lo` of `ns`.
 pub fn start_propagation(mode: tclab_datapath::propagation::Mode, cg: &OwnCgroup, ns: &tclab_net::NetNs) -> Started {
+    start_programs(mode, tclab_datapath::propagation::Programs::Full, cg, ns)
+}
+
+/// [`start_propagation`] with a choice of build of the programs.
+pub fn start_programs(
+    mode: tclab_datapath::propagation::Mode,
+    programs: tclab_datapath::propagation::Programs,
+    cg: &OwnCgroup,
+    ns: &tclab_net::NetNs,
+) -> Started {
     use tclab_datapath::attach::{self, Api, DeviceState};
     use tclab_datapath::loader::Hook;
     use tclab_datapath::propagation::{Correlation, Propagation, PropagationConfig};
 
-    let cfg = PropagationConfig { mode, cgroup: Some(cg.dir.clone()), sampled: true };
+    let cfg = PropagationConfig { mode, cgroup: Some(cg.dir.clone()), programs, ..PropagationConfig::default() };
     let mut p = Propagation::start(&cfg).expect("propagation starts");
     assert_eq!(p.correlation(), &Correlation::On, "the host kernel correlates");
     let device = DeviceState::default();

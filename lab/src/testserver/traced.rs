@@ -12,7 +12,7 @@ use tclab_datapath::agent::{Agent, AgentConfig};
 use tclab_datapath::attach::Backend;
 use tclab_datapath::loader::DatapathConfig;
 use tclab_datapath::probe::KernelFeatures;
-use tclab_datapath::propagation::{Correlation, Mode, PropagationConfig};
+use tclab_datapath::propagation::{Correlation, Mode, Programs, PropagationConfig};
 use tclab_datapath::span::{Span, SpanKind};
 
 use super::chain::{Chain, ChainOptions};
@@ -55,6 +55,28 @@ impl TracedChain {
         priority: u16,
         datapath: DatapathConfig,
     ) -> anyhow::Result<TracedChain> {
+        TracedChain::start_agents(opts, mode, Programs::Full, backend, priority, datapath)
+    }
+
+    /// [`TracedChain::start`] with the agents' propagation programs
+    /// replaced by [`Programs::HooksOnly`]: the same hooks, nothing
+    /// propagated (the benchmark's floor).
+    ///
+    /// # Errors
+    /// Chain or agent start errors, naming the service.
+    pub fn start_hooks_only(opts: &ChainOptions, mode: Mode, backend: Backend) -> anyhow::Result<TracedChain> {
+        let priority = tclab_datapath::attach::DEFAULT_PRIORITY;
+        TracedChain::start_agents(opts, mode, Programs::HooksOnly, backend, priority, DatapathConfig::default())
+    }
+
+    fn start_agents(
+        opts: &ChainOptions,
+        mode: Mode,
+        programs: Programs,
+        backend: Backend,
+        priority: u16,
+        datapath: DatapathConfig,
+    ) -> anyhow::Result<TracedChain> {
         let mut opts = opts.clone();
         opts.cgroups = true;
         let chain = Chain::start(&opts)?;
@@ -67,7 +89,7 @@ impl TracedChain {
                 priority,
                 service_name: svc.name.to_owned(),
                 features: Some(features.clone()),
-                propagation: PropagationConfig { mode, cgroup: svc.cgroup.clone(), sampled: true },
+                propagation: PropagationConfig { mode, cgroup: svc.cgroup.clone(), sampled: true, programs },
                 datapath,
                 ..AgentConfig::default()
             };
