@@ -29,6 +29,9 @@ fn the_propagation_section_reports_both_sides_of_the_ratio() {
     let cpu_off = row("machine CPU per request, propagation=disabled")["value"].as_f64().expect("a number");
     // at least the chain's three services and the client ran for each request
     assert!(cpu_off > 1.0, "machine CPU per request: {cpu_off} µs");
+    // the A/A figure: the same configuration at both ends of a round
+    let aa = row("A/A: machine CPU per request, propagation=disabled, end of a round against its start")["value"].as_f64();
+    assert!(aa.is_some_and(|r| r > 0.0 && r.is_finite()), "{aa:?}");
     for mode in ["headers", "tcp", "ip", "all"] {
         let cpu = row(&format!("machine CPU per request, propagation={mode}"));
         assert_eq!(cpu["baseline"].as_f64(), Some(cpu_off), "{mode}: {cpu}");

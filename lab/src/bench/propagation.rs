@@ -216,17 +216,35 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
             on.machine_us / off.machine_us.max(f64::MIN_POSITIVE),
         )
     };
+    // propagation off at the end of each round too: the modes are taken
+    // against both ends (a drift over the round cancels), and the end
+    // against the start is the A/A figure, the noise of one ratio
+    let mut aa: Vec<(f64, f64, f64, f64)> = Vec::new();
+    let mut aa_apart = Duration::ZERO;
     for _ in 0..rounds {
+        let round_start = Instant::now();
         let off = measure(Mode::Disabled, Programs::Full, time, false)?;
-        for (i, mode) in modes.iter().enumerate() {
-            let on = measure(*mode, Programs::Full, time, false)?;
-            ratios[i].push(ratio(&on, &off));
+        let mut on_runs = Vec::new();
+        for mode in modes {
+            on_runs.push((
+                measure(mode, Programs::Full, time, false)?,
+                measure(mode, Programs::HooksOnly, time, false)?,
+            ));
+        }
+        aa_apart = round_start.elapsed();
+        let off_end = measure(Mode::Disabled, Programs::Full, time, false)?;
+        let both = |r: (f64, f64, f64, f64), s: (f64, f64, f64, f64)| {
+            ((r.0 * s.0).sqrt(), (r.1 * s.1).sqrt(), (r.2 * s.2).sqrt(), (r.3 * s.3).sqrt())
+        };
+        for (i, (on, floor)) in on_runs.into_iter().enumerate() {
+            ratios[i].push(both(ratio(&on, &off), ratio(&on, &off_end)));
             runs[i].push(on);
-            let floor = measure(*mode, Programs::HooksOnly, time, false)?;
-            floor_ratios[i].push(ratio(&floor, &off));
+            floor_ratios[i].push(both(ratio(&floor, &off), ratio(&floor, &off_end)));
             floors[i].push(floor);
         }
+        aa.push(ratio(&off_end, &off));
         offs.push(off);
+        offs.push(off_end);
     }
     // where the time goes: one more round with the run-time statistics on
     // (they slow every program run, so no throughput is taken from it)
@@ -280,6 +298,20 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
     s.rows.push(Row::value("machine CPU per request, propagation=disabled", off_machine, "µs").note(
         "busy time of every core (/proc/stat: the chain, the agents, the client, anything else) per request, median over runs",
     ));
+    {
+        let range = |f: fn(&(f64, f64, f64, f64)) -> f64| {
+            let v: Vec<f64> = aa.iter().map(f).collect();
+            (med(v.clone()), v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max))
+        };
+        let (cpu, cpu_lo, cpu_hi) = range(|r| r.3);
+        let (p50, p50_lo, p50_hi) = range(|r| r.2);
+        let (rps, rps_lo, rps_hi) = range(|r| r.0);
+        s.rows.push(Row::value("A/A: machine CPU per request, propagation=disabled, end of a round against its start", cpu, "×").note(format!(
+            "the same configuration twice, {:.0} s apart: the noise a ratio below has to stand out of. Per-round ratios {cpu_lo:.3}–{cpu_hi:.3}×; \
+             p50 latency {p50:.3}× ({p50_lo:.3}–{p50_hi:.3}); requests/s {rps:.3}× ({rps_lo:.3}–{rps_hi:.3})",
+            aa_apart.as_secs_f64()
+        )));
+    }
     s.rows.push(
         Row::value("agents' user-space CPU per request, propagation=disabled", off_agents, "ns")
             .note("CPU time of the thread that reads the three agents' rings and builds their spans, median over runs"),
@@ -341,7 +373,8 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
         );
     }
     s.notes.push(format!(
-        "{CLIENTS} kept-alive client connections back to back for {} s per run; {rounds} rounds of off, then headers, tcp, ip and all each with its programs and with the hooks only; \
+        "{CLIENTS} kept-alive client connections back to back for {} s per run; {rounds} rounds of off, then headers, tcp, ip and all each with its programs and with the hooks only, then off again \
+         (each ratio is the geometric mean of the ratios to both offs of its round); \
          every request crosses frontend -> backend -> worker, one agent per service (TC + socket programs); \
          the loss is taken from the median latency, the estimate that other load on the machine moves least \
          (a burst of other work stretches a few requests, not the median); requests/s per run moved by up to 2× here; \
