@@ -259,9 +259,15 @@ int tclab_prop_sockops(struct bpf_sock_ops *o)
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		prop_key_from_ops(&key, o);
 		bpf_sock_hash_update(o, &tclab_prop_sockhash, &key, BPF_ANY);
+		/* Requests leave on the connections a service opened and arrive
+		 * on those it accepted: the option is written on the first kind
+		 * and read on the second, and each asks for that callback only
+		 * (the write callbacks run for every segment sent, ACKs too). */
 		if (tclab_prop_mode & PROP_M_TCP)
-			bpf_sock_ops_cb_flags_set(o, o->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG |
-							     BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG);
+			bpf_sock_ops_cb_flags_set(o, o->bpf_sock_ops_cb_flags |
+							     (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+								      ? BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG
+								      : BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG));
 		break;
 	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
 		PROP_HOOKS_ONLY_RETURN(1);

@@ -336,3 +336,62 @@ fn the_hooks_only_build_runs_on_every_hook_and_propagates_nothing() {
     assert_eq!(st.p.drain(), Vec::<PropEvent>::new(), "no events");
     assert!(st.p.counters().expect("counters").iter().all(|(_, v)| *v == 0), "{:?}", st.p.counters());
 }
+
+/// Our TCP option on the wire (docs/propagation.md): RFC 6994 experimental
+/// kind 253, 28 bytes, ExID 0x7c1a (sampled) or 0x7c1b.
+fn carries_our_tcp_option(tcp: &etherparse::TcpSlice<'_>) -> bool {
+    let mut o = tcp.options();
+    while let [kind, rest @ ..] = o {
+        match *kind {
+            0 => return false,
+            1 => o = rest,
+            _ => {
+                let Some(&len) = rest.first() else { return false };
+                let len = usize::from(len);
+                if len < 2 || len > o.len() {
+                    return false;
+                }
+                if *kind == 253 && len == 28 && matches!(o[2..4], [0x7c, 0x1a | 0x1b]) {
+                    return true;
+                }
+                o = &o[len..];
+            }
+        }
+    }
+    false
+}
+
+/// `tcp` mode: the option rides on the request segments of the connections
+/// a service opened (the client's to front, front's to down), and on
+/// nothing the servers send (responses, ACKs): the connections they
+/// accepted only read it.
+#[test]
+fn the_tcp_option_rides_on_the_requests_only() {
+    if !require::root("the_tcp_option_rides_on_the_requests_only") {
+        return;
+    }
+    let _g = serial();
+    let cg = OwnCgroup::enter("proptest");
+    let s = setup();
+    let st = start(Mode::Tcp, &cg, &s);
+    let mut cap = s.ns.run(|| tclab_net::packet::Capture::all(1).expect("capture on lo"));
+    for _ in 0..3 {
+        get(&s, "");
+    }
+    let frames = cap.drain(std::time::Duration::from_millis(100)).expect("drain");
+    let servers = [s.front.port(), s.down.port()];
+    let mut requests_with_option = 0;
+    for (i, f) in frames.iter().enumerate() {
+        let Ok(pkt) = etherparse::SlicedPacket::from_ethernet(&f.data) else { continue };
+        let Some(etherparse::TransportSlice::Tcp(tcp)) = pkt.transport else { continue };
+        let request = tcp.payload().starts_with(b"GET ");
+        if servers.contains(&tcp.source_port()) {
+            assert!(!carries_our_tcp_option(&tcp), "frame {i}: a server's segment carries the option: {tcp:?}");
+        } else if request && servers.contains(&tcp.destination_port()) {
+            assert!(carries_our_tcp_option(&tcp), "frame {i}: a request without the option: {tcp:?}");
+            requests_with_option += 1;
+        }
+    }
+    assert_eq!(requests_with_option, 6, "two requests per call (to front, to down), 3 calls");
+    assert!(st.p.counter("tcp_written") >= 6 && st.p.counter("tcp_read") >= 6, "{:?}", st.p.counters());
+}
