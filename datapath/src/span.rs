@@ -172,7 +172,7 @@ pub fn decide_trace(tp: &Traceparent, ids: &mut dyn IdSource) -> TraceDecision {
             };
         }
     }
-    TraceDecision { trace_id: hex::encode(ids.trace_id()), parent_id: None, flags: 0x01, propagated: false }
+    TraceDecision { trace_id: crate::w3c::hex_id(&ids.trace_id()), parent_id: None, flags: 0x01, propagated: false }
 }
 
 #[derive(Debug, Clone)]
@@ -232,7 +232,7 @@ impl SpanBuilder {
     pub fn decide_ids(&mut self, span: &mut Span) {
         let decision = decide_trace(&span.traceparent_in, self.ids.as_mut());
         span.trace_id = decision.trace_id;
-        span.span_id = hex::encode(self.ids.span_id());
+        span.span_id = crate::w3c::hex_id(&self.ids.span_id());
         span.parent_id = decision.parent_id;
         span.flags = decision.flags;
         span.propagated = decision.propagated;

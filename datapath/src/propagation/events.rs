@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::types::{Origin, PROP_EV_CLIENT, PROP_EV_SERVER, PropEventRaw};
 use crate::types::{TraceparentStatus, read_struct};
+use crate::w3c::hex_id;
 
 /// Server: a request read; client: a request sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -69,9 +70,9 @@ impl PropEvent {
             flags: raw.flags,
             local: raw.conn.local(),
             remote: raw.conn.remote(),
-            trace_id: if unused { String::new() } else { hex::encode(raw.trace_id) },
-            span_id: if unused { String::new() } else { hex::encode(raw.span_id) },
-            parent_id: (raw.parent_id != [0; 8]).then(|| hex::encode(raw.parent_id)),
+            trace_id: if unused { String::new() } else { hex_id(&raw.trace_id) },
+            span_id: if unused { String::new() } else { hex_id(&raw.span_id) },
+            parent_id: (raw.parent_id != [0; 8]).then(|| hex_id(&raw.parent_id)),
             opaque: raw.opaque != 0,
         })
     }
