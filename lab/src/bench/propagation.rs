@@ -123,11 +123,7 @@ fn measure(mode: Mode, programs: Programs, time: Duration, stats: bool) -> anyho
         .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS (run time)"))
         .transpose()?;
     let opts = ChainOptions::new(tclab_binary()?);
-    let started = match programs {
-        Programs::Full => TracedChain::start(&opts, mode, Backend::Auto),
-        Programs::HooksOnly => TracedChain::start_hooks_only(&opts, mode, Backend::Auto),
-    };
-    let mut t = started.with_context(|| format!("failed to start the chain with propagation={mode} ({programs:?})"))?;
+    let mut t = TracedChain::start_programs(&opts, mode, programs, Backend::Auto).with_context(|| format!("failed to start the chain with propagation={mode} ({programs:?})"))?;
     let target = t.chain.entry();
     // warm up: connections, ARP, the agents' maps
     for _ in 0..20 {

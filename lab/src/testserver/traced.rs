@@ -58,15 +58,15 @@ impl TracedChain {
         TracedChain::start_agents(opts, mode, Programs::Full, backend, priority, datapath)
     }
 
-    /// [`TracedChain::start`] with the agents' propagation programs
-    /// replaced by [`Programs::HooksOnly`]: the same hooks, nothing
-    /// propagated (the benchmark's floor).
+    /// [`TracedChain::start`] with a choice of build of the agents'
+    /// propagation programs ([`Programs::HooksOnly`]: the same hooks,
+    /// nothing propagated; the benchmark's floor).
     ///
     /// # Errors
     /// Chain or agent start errors, naming the service.
-    pub fn start_hooks_only(opts: &ChainOptions, mode: Mode, backend: Backend) -> anyhow::Result<TracedChain> {
+    pub fn start_programs(opts: &ChainOptions, mode: Mode, programs: Programs, backend: Backend) -> anyhow::Result<TracedChain> {
         let priority = tclab_datapath::attach::DEFAULT_PRIORITY;
-        TracedChain::start_agents(opts, mode, Programs::HooksOnly, backend, priority, DatapathConfig::default())
+        TracedChain::start_agents(opts, mode, programs, backend, priority, DatapathConfig::default())
     }
 
     fn start_agents(
