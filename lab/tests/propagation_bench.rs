@@ -47,6 +47,14 @@ fn the_propagation_section_reports_both_sides_of_the_ratio() {
         assert!(bpf["value"].as_f64().is_some_and(|v| v > bpf_off), "{mode}: propagation's programs ran: {bpf}");
         let note = bpf["note"].as_str().unwrap_or("");
         assert!(note.contains("tclab_prop_read"), "{mode}: the per-program split names the read tracepoint: {note}");
+        // the hooks only, statistics on: the same programs run as often
+        // (every hook still fires), each returning at once
+        let bpf_floor = row(&format!("BPF run time per request, propagation={mode}, hooks only"));
+        assert!(bpf_floor["value"].as_f64().is_some_and(|v| v > 0.0), "{mode}: {bpf_floor}");
+        assert!(bpf_floor["note"].as_str().is_some_and(|n| n.contains("tclab_prop_read")), "{mode}: the hooks fired: {bpf_floor}");
+        let ours = row(&format!("our code's CPU per request, propagation={mode}"));
+        assert!(ours["value"].as_f64().is_some_and(|v| v > 0.0 && v.is_finite()), "{mode}: our programs do work: {ours}");
+        assert!(ours["target"].is_null(), "{mode}: an estimate, not the target: {ours}");
         // the floor: the same hooks with programs that return at once
         let floor = row(&format!("machine CPU per request, propagation={mode}, hooks only"));
         assert_eq!(floor["baseline"].as_f64(), Some(cpu_off), "{mode}: {floor}");
