@@ -319,6 +319,8 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
         Row::value("BPF run time per request, propagation=disabled", off_bpf, "ns")
             .note(format!("kernel run-time statistics of every tclab_* program of the three agents, from one more run with them on (not a throughput run), ns per request (runs per request): {}", describe(&off_per))),
     );
+    // the part of a run's BPF time that is propagation's programs
+    let prop_ns = |per: &BTreeMap<String, (f64, f64)>| per.iter().filter(|(n, _)| n.starts_with("tclab_prop_")).map(|(_, v)| v.0).sum::<f64>();
     for (i, mode) in modes.iter().enumerate() {
         let (on_bpf, on_per) = bpf(std::slice::from_ref(&stats_on[i].0));
         let (floor_bpf, floor_per) = bpf(std::slice::from_ref(&stats_on[i].1));
@@ -341,10 +343,9 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
         // our own work per request: the programs beyond their empty runs, the
         // agents beyond propagation off; taken from run-time statistics and
         // thread CPU, so it moves far less than the loss rows between runs
-        let prop_ns = |per: &BTreeMap<String, (f64, f64)>| per.iter().filter(|(n, _)| n.starts_with("tclab_prop_")).map(|(_, v)| v.0).sum::<f64>();
         let ours_bpf = (prop_ns(&on_per) - prop_ns(&floor_per)).max(0.0);
-        // the datapath parses what propagation puts in the requests (their
-        // traceparent); within the noise of two runs for a mode without
+        // the datapath also parses the traceparent propagation inserts; in
+        // the modes that insert none this is the noise between two runs
         let datapath = (on_bpf - prop_ns(&on_per)) - (floor_bpf - prop_ns(&floor_per));
         let ours_agents = (on_agents - off_agents).max(0.0);
         let ours = ours_bpf + ours_agents;
