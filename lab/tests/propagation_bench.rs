@@ -32,6 +32,9 @@ fn the_propagation_section_reports_both_sides_of_the_ratio() {
     // the A/A figure: the same configuration at both ends of a round
     let aa = row("A/A: machine CPU per request, propagation=disabled, end of a round against its start")["value"].as_f64();
     assert!(aa.is_some_and(|r| r > 0.0 && r.is_finite()), "{aa:?}");
+    let rtt_off = row("CPU per HTTP round trip on one CPU, propagation=disabled")["value"].as_f64().expect("a number");
+    // two syscalls and a loopback segment each way at the least
+    assert!(rtt_off > 500.0, "CPU per round trip without propagation: {rtt_off} ns");
     for mode in ["headers", "tcp", "ip", "all"] {
         let cpu = row(&format!("machine CPU per request, propagation={mode}"));
         assert_eq!(cpu["baseline"].as_f64(), Some(cpu_off), "{mode}: {cpu}");
@@ -62,5 +65,14 @@ fn the_propagation_section_reports_both_sides_of_the_ratio() {
         let floor_loss = row(&format!("throughput loss, propagation={mode}, hooks only"));
         assert!(floor_loss["value"].as_f64().is_some_and(f64::is_finite), "{mode}: {floor_loss}");
         assert!(floor_loss["target"].is_null(), "{mode}: the floor is a figure, not a target: {floor_loss}");
+        // round trips on one CPU: taken against the same run's round trips
+        // without propagation; the programs do work beyond the bare hooks
+        // (1.4–1.7× a bare round trip here, so no noise reaches that order)
+        let hooks = row(&format!("CPU per HTTP round trip on one CPU, propagation={mode}, hooks only"));
+        assert_eq!(hooks["baseline"].as_f64(), Some(rtt_off), "{mode}: {hooks}");
+        let full = row(&format!("CPU per HTTP round trip on one CPU, propagation={mode}"));
+        assert_eq!(full["baseline"].as_f64(), Some(rtt_off), "{mode}: {full}");
+        let (h, f) = (hooks["value"].as_f64().unwrap_or(0.0), full["value"].as_f64().unwrap_or(0.0));
+        assert!(h > 0.0 && f > rtt_off && f > h, "{mode}: off {rtt_off} ns, hooks only {h} ns, programs {f} ns per round trip");
     }
 }

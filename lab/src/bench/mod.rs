@@ -22,6 +22,7 @@ pub mod labspeed;
 pub mod machine;
 pub mod packet;
 pub mod propagation;
+pub mod propagation_roundtrip;
 pub mod replay;
 pub mod report;
 pub mod stats;

@@ -393,6 +393,8 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
             )),
         );
     }
+    // the instrument that resolves what the chain's noise hides
+    s.rows.extend(super::propagation_roundtrip::rows(quick, &modes).context("round trips on one CPU")?);
     s.notes.push(format!(
         "{CLIENTS} kept-alive client connections back to back for {} s per run; {rounds} rounds of off, then headers, tcp, ip and all each with its programs and with the hooks only, then off again \
          (each ratio is the geometric mean of the ratios to both offs of its round); \
