@@ -148,10 +148,10 @@ int BPF_PROG(tclab_prop_read, struct sock___tclab *sk)
 	if (!prop_cgroup_ok() || !prop_key_from_sk(&th.conn, sk))
 		return 0;
 	in = bpf_map_lookup_elem(&tclab_prop_in, &th.conn);
-	if (!in)
+	if (!in || in->spent)
 		return 0;
 	__builtin_memcpy(&th.ctx, in, sizeof(th.ctx));
-	bpf_map_delete_elem(&tclab_prop_in, &th.conn);
+	in->spent = 1;
 	status = th.ctx.tp_status;
 	prop_count(PC_SERVER_REQUESTS);
 	if (th.ctx.origin == PROP_O_NEW) {
@@ -163,7 +163,7 @@ int BPF_PROG(tclab_prop_read, struct sock___tclab *sk)
 		__builtin_memcpy(parent, th.ctx.span_id, 8);
 	}
 	prop_new_span(&th.ctx);
-	bpf_map_update_elem(&tclab_prop_threads, &id, &th, BPF_ANY);
+	PROP_PUT(&tclab_prop_threads, &id, &th);
 	prop_emit(PROP_EV_SERVER, &th.conn, &th.ctx, parent, status, 0, id);
 	return 0;
 }
@@ -237,13 +237,15 @@ static __always_inline void prop_tcp_read(struct bpf_sock_ops *o, const struct p
 	if (!prop_opt_fresh(key, &c))
 		return; /* a later segment of a request already taken */
 	cur = bpf_map_lookup_elem(&tclab_prop_in, key);
+	if (cur && cur->spent)
+		cur = 0; /* an earlier request's, already taken */
 	if (cur && cur->tp_status != TP_MISSING)
 		return; /* the header decides (continue or restart) */
 	/* TC ingress ran first: no entry of its own means no HTTP request
 	 * starts here (TLS), an entry keeps its verdict */
 	c.opaque = cur ? cur->opaque : 1;
 	c.origin = PROP_O_TCP;
-	bpf_map_update_elem(&tclab_prop_in, key, &c, BPF_ANY);
+	PROP_PUT(&tclab_prop_in, key, &c);
 }
 
 SEC("sockops")
@@ -459,11 +461,11 @@ static __always_inline void prop_response_sent(struct sk_msg_md *m, __u64 id)
 	struct prop_thread *th = bpf_map_lookup_elem(&tclab_prop_threads, &id);
 	struct prop_key key;
 
-	if (!th)
+	if (!th || th->ctx.spent)
 		return;
 	prop_key_from_msg(&key, m);
 	if (prop_key_eq(&th->conn, &key))
-		bpf_map_delete_elem(&tclab_prop_threads, &id);
+		th->ctx.spent = 1;
 }
 
 SEC("sk_msg")
@@ -500,6 +502,8 @@ int tclab_prop_msg(struct sk_msg_md *m)
 	}
 	prop_key_from_msg(&key, m);
 	th = bpf_map_lookup_elem(&tclab_prop_threads, &id);
+	if (th && th->ctx.spent)
+		th = 0; /* its request has ended */
 	if (!prop_is_request(head)) {
 		prop_tls_msg(&key, th, head, id);
 		return SK_PASS;
@@ -530,7 +534,7 @@ int tclab_prop_msg(struct sk_msg_md *m)
 	}
 	c.tp_status = status;
 	if (tclab_prop_mode & (PROP_M_TCP | PROP_M_IP))
-		bpf_map_update_elem(&tclab_prop_out, &key, &c, BPF_ANY);
+		PROP_PUT(&tclab_prop_out, &key, &c);
 	prop_emit(PROP_EV_CLIENT, &key, &c, parent, status, injected, id);
 	return SK_PASS;
 }
@@ -866,7 +870,7 @@ int tclab_prop_ingress(struct __sk_buff *skb)
 		c.origin = PROP_O_NEW;
 	}
 	c.tp_status = status < 0 ? TP_MISSING : status;
-	bpf_map_update_elem(&tclab_prop_in, &key, &c, BPF_ANY);
+	PROP_PUT(&tclab_prop_in, &key, &c);
 	return TC_ACT_UNSPEC;
 }
 

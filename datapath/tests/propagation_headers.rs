@@ -297,6 +297,57 @@ fn a_response_ends_the_threads_request() {
     }
 }
 
+/// `down`, reading each request in reads of at most 7 bytes (each read
+/// runs the read tracepoint), answering with the traceparent it got.
+fn serve_down_in_pieces(listener: TcpListener) {
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { return };
+        std::thread::spawn(move || {
+            let mut w = stream.try_clone().unwrap();
+            let mut r = BufReader::with_capacity(7, stream);
+            loop {
+                let head = read_head(&mut r);
+                if head.is_empty() {
+                    return;
+                }
+                let tp = header(&head, "traceparent").unwrap_or_default();
+                w.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Got: {tp}\r\n\r\n").as_bytes()).unwrap();
+            }
+        });
+    }
+}
+
+/// The first read after a request arrives makes the thread its server;
+/// the later reads of the same request do not start another one (the
+/// connection's context is marked taken, not deleted), and the next
+/// request on the kept-alive connection starts its own.
+#[test]
+fn a_request_read_in_pieces_starts_one_server_request() {
+    if !require::root("a_request_read_in_pieces_starts_one_server_request") {
+        return;
+    }
+    let _g = serial();
+    let cg = OwnCgroup::enter("proptest");
+    let s = front_and_down("tclab-proppieces", serve_front, serve_down_in_pieces);
+    let mut st = start(Mode::Headers, &cg, &s);
+    let stream = s.ns.run(|| TcpStream::connect(s.down).unwrap());
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut spans = std::collections::HashSet::new();
+    for i in 0..3 {
+        w.write_all(format!("GET /piece/{i} HTTP/1.1\r\nHost: down\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n").as_bytes()).unwrap();
+        let head = read_head(&mut r);
+        let got = header(&head, "x-got").unwrap_or_default();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let servers = events_of(&mut st.p, PropKind::Server, None, Some(s.down.port()));
+        assert_eq!(servers.len(), 1, "request {i}, read in pieces of 7 bytes: one server request: {servers:#?}");
+        // down's server span continues the header our client request got
+        let (trace, parent) = parts(&got);
+        assert_eq!((servers[0].trace_id.as_str(), servers[0].parent_id.as_deref()), (trace.as_str(), Some(parent.as_str())));
+        assert!(spans.insert(servers[0].span_id.clone()), "request {i}: a span of its own: {servers:#?}");
+    }
+}
+
 /// Run counts of the propagation programs, by name (run-time statistics
 /// must be on).
 fn run_counts(p: &Propagation) -> std::collections::HashMap<String, u64> {

@@ -151,6 +151,22 @@ static __always_inline void prop_key_zero(struct prop_key *k)
 	__builtin_memset(k, 0, sizeof(*k));
 }
 
+/* Store *val under key: over the key's value in place when it has one (a
+ * lookup and a copy), else inserted. The per-request entries (a
+ * connection's incoming context, a thread's request, a connection's
+ * outgoing one) come back for the same keys request after request, and an
+ * LRU map's update takes its locks and lists where a store does not. A
+ * reader on another CPU may see a half-written value only when two
+ * requests of one connection overlap, which HTTP/1.1 does not do. */
+#define PROP_PUT(map, key, val)                                                  \
+	do {                                                                     \
+		typeof(val) __cur = bpf_map_lookup_elem(map, key);               \
+		if (__cur)                                                       \
+			*__cur = *(val);                                         \
+		else                                                             \
+			bpf_map_update_elem(map, key, val, BPF_ANY);             \
+	} while (0)
+
 /* 1 when c (from an option) is not the one last taken on the connection
  * (and remember it). */
 static __always_inline int prop_opt_fresh(const struct prop_key *k, const struct prop_ctx *c)
@@ -160,7 +176,10 @@ static __always_inline int prop_opt_fresh(const struct prop_key *k, const struct
 
 	if (last && *last == span)
 		return 0;
-	bpf_map_update_elem(&tclab_prop_seen, k, &span, BPF_ANY);
+	if (last)
+		*last = span;
+	else
+		bpf_map_update_elem(&tclab_prop_seen, k, &span, BPF_ANY);
 	return 1;
 }
 

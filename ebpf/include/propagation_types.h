@@ -47,7 +47,12 @@ struct prop_ctx {
 	__u8 origin;    /* enum prop_origin */
 	__u8 tp_status; /* enum traceparent_status of the request's header */
 	__u8 opaque;    /* the connection's payload is not HTTP (TLS): no request seen */
-	__u8 _pad[4];
+	/* Spent: in tclab_prop_in, a thread has taken it; in
+	 * tclab_prop_threads, the request has ended. Entries are overwritten
+	 * in place and marked spent rather than deleted: an LRU map's update
+	 * and delete take its locks and lists, a lookup and a store do not. */
+	__u8 spent;
+	__u8 _pad[3];
 };
 
 /* What a thread is serving (map tclab_prop_threads, key pid_tgid). */

@@ -72,7 +72,10 @@ pub struct PropCtx {
     pub tp_status: u8,
     /// The connection's payload is not HTTP (TLS).
     pub opaque: u8,
-    pub _pad: [u8; 4],
+    /// Taken by a reading thread (`tclab_prop_in`), or its request ended
+    /// (`tclab_prop_threads`): entries are marked, not deleted.
+    pub spent: u8,
+    pub _pad: [u8; 3],
 }
 
 /// `struct prop_thread`.
@@ -190,7 +193,7 @@ mod tests {
     fn layouts_match_c() {
         let s = btf_structs(btf_section(super::super::OBJECT));
         check!(s, "prop_key", PropKey, [local, remote, local_port, remote_port, family, _pad]);
-        check!(s, "prop_ctx", PropCtx, [trace_id, span_id, flags, origin, tp_status, opaque, _pad]);
+        check!(s, "prop_ctx", PropCtx, [trace_id, span_id, flags, origin, tp_status, opaque, spent, _pad]);
         check!(s, "prop_thread", PropThread, [ctx, conn]);
         check!(s, "prop_event", PropEventRaw, [
             ts_ns, kind, tgid, tid, tp_status, injected, origin, flags, conn, trace_id, span_id, parent_id, opaque,
