@@ -6,7 +6,7 @@
 //! Here client and server threads of this process and the reader of the
 //! events are pinned to one CPU, which then never idles between a send and
 //! the wake-up it causes: the process's CPU time per round trip is the work
-//! of the round trip, and repeats to about 2% between runs. Each round
+//! of the round trip, and repeats to about 3% between runs. Each round
 //! trip is one HTTP/1.1 request and its response over loopback, both
 //! sockets in the agent's cgroup, so it runs every hook once per direction:
 //! one client request (sk_msg, header or option), one server read (the
