@@ -536,6 +536,7 @@ fn batch_loop(rx: &Receiver<otlp::Span>, sender: &Sender) {
 
 #[cfg(test)]
 mod tests {
+    use crate::w3c::HexId;
     use super::*;
     use crate::events::Traceparent;
 
@@ -604,9 +605,9 @@ mod tests {
             end_ns: 3_000,
             traceparent_in: Traceparent::Missing,
             tracestate: Some("a=b".into()),
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-            span_id: "1111111111111111".into(),
-            parent_id: parent.map(str::to_owned),
+            trace_id: HexId::parse("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            span_id: HexId::parse("1111111111111111").unwrap(),
+            parent_id: parent.map(|p| HexId::parse(p).unwrap()),
             flags: 1,
             propagated: parent.is_some(),
             ifindex: 2,

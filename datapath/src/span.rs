@@ -6,6 +6,7 @@
 //! A request whose headers were split across segments is completed by the
 //! continuation events of the same connection before its response arrives.
 
+use crate::w3c::{SpanIdHex, TraceIdHex};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
@@ -76,11 +77,11 @@ pub struct Span {
     /// `tracestate` as received.
     pub tracestate: Option<String>,
     /// Trace id used (32 lower-case hex).
-    pub trace_id: String,
+    pub trace_id: TraceIdHex,
     /// This span's id (16 lower-case hex).
-    pub span_id: String,
+    pub span_id: SpanIdHex,
     /// Parent span id (the incoming parent-id), if the trace was continued.
-    pub parent_id: Option<String>,
+    pub parent_id: Option<SpanIdHex>,
     /// Trace flags.
     pub flags: u8,
     /// The trace id came from the request (not newly generated).
@@ -141,9 +142,9 @@ impl IdSource for SequentialIds {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceDecision {
     /// Trace id (hex).
-    pub trace_id: String,
+    pub trace_id: TraceIdHex,
     /// Parent id (hex), when continued.
-    pub parent_id: Option<String>,
+    pub parent_id: Option<SpanIdHex>,
     /// Flags.
     pub flags: u8,
     /// Whether the incoming trace was continued.
@@ -163,16 +164,17 @@ pub fn decide_trace(tp: &Traceparent, ids: &mut dyn IdSource) -> TraceDecision {
         if dashes
             && let (Some(_), Some(trace), Some(parent), Some(flags)) = (hex(0..2), hex(3..35), hex(36..52), hex(53..55))
             && let Ok(flags) = u8::from_str_radix(flags, 16)
+            && let (Some(trace), Some(parent)) = (TraceIdHex::parse(trace), SpanIdHex::parse(parent))
         {
             return TraceDecision {
-                trace_id: trace.to_owned(),
-                parent_id: Some(parent.to_owned()),
+                trace_id: trace,
+                parent_id: Some(parent),
                 flags,
                 propagated: true,
             };
         }
     }
-    TraceDecision { trace_id: crate::w3c::hex_id(&ids.trace_id()), parent_id: None, flags: 0x01, propagated: false }
+    TraceDecision { trace_id: TraceIdHex::from_bytes(&ids.trace_id()), parent_id: None, flags: 0x01, propagated: false }
 }
 
 #[derive(Debug, Clone)]
@@ -232,7 +234,7 @@ impl SpanBuilder {
     pub fn decide_ids(&mut self, span: &mut Span) {
         let decision = decide_trace(&span.traceparent_in, self.ids.as_mut());
         span.trace_id = decision.trace_id;
-        span.span_id = crate::w3c::hex_id(&self.ids.span_id());
+        span.span_id = SpanIdHex::from_bytes(&self.ids.span_id());
         span.parent_id = decision.parent_id;
         span.flags = decision.flags;
         span.propagated = decision.propagated;
@@ -342,8 +344,8 @@ impl SpanBuilder {
             end_ns: resp.meta.ts_ns.max(p.last_segment_ns),
             traceparent_in: req.traceparent,
             tracestate: req.tracestate,
-            trace_id: String::new(),
-            span_id: String::new(),
+            trace_id: TraceIdHex::EMPTY,
+            span_id: SpanIdHex::EMPTY,
             parent_id: None,
             flags: 0,
             propagated: false,

@@ -142,6 +142,136 @@ pub fn hex_id(id: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// An id as its hex digits (`N` of them), kept inline: every span carries
+/// three and every propagation record three more, and as heap strings
+/// their allocations were a third of the agent's cost of a record. Empty
+/// (no digits) until set. Reads as a `&str` (it derefs to one).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HexId<const N: usize> {
+    digits: [u8; N],
+    len: u8,
+}
+
+/// A trace-id's 32 hex digits.
+pub type TraceIdHex = HexId<32>;
+/// A span (parent) id's 16 hex digits.
+pub type SpanIdHex = HexId<16>;
+
+impl<const N: usize> HexId<N> {
+    /// No digits.
+    pub const EMPTY: HexId<N> = HexId { digits: [b'0'; N], len: 0 };
+
+    /// The lower-case hex of `id` (`N / 2` bytes; a shorter or longer id
+    /// is cut or padded with zeros, which no caller gives).
+    pub fn from_bytes(id: &[u8]) -> HexId<N> {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = HexId { digits: [b'0'; N], len: N as u8 };
+        for (pair, b) in out.digits.chunks_exact_mut(2).zip(id) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 15)];
+        }
+        out
+    }
+
+    /// `s` when it is exactly `N` hex digits (kept as written).
+    pub fn parse(s: &str) -> Option<HexId<N>> {
+        let b = s.as_bytes();
+        if b.len() != N || !b.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        let mut out = HexId { digits: [b'0'; N], len: N as u8 };
+        out.digits.copy_from_slice(b);
+        Some(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // only ASCII hex digits are ever stored
+        std::str::from_utf8(&self.digits[..usize::from(self.len)]).unwrap_or_default()
+    }
+
+    /// Back to no digits.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+impl<const N: usize> Default for HexId<N> {
+    fn default() -> HexId<N> {
+        HexId::EMPTY
+    }
+}
+
+impl<const N: usize> std::ops::Deref for HexId<N> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl<const N: usize> AsRef<str> for HexId<N> {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl<const N: usize> fmt::Display for HexId<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<const N: usize> fmt::Debug for HexId<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl<const N: usize> PartialEq<str> for HexId<N> {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl<const N: usize> PartialEq<&str> for HexId<N> {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl<const N: usize> PartialEq<String> for HexId<N> {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl<const N: usize> PartialEq<HexId<N>> for String {
+    fn eq(&self, other: &HexId<N>) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl<const N: usize> PartialEq<HexId<N>> for &str {
+    fn eq(&self, other: &HexId<N>) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl<const N: usize> serde::Serialize for HexId<N> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de, const N: usize> serde::Deserialize<'de> for HexId<N> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<HexId<N>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if s.is_empty() {
+            return Ok(HexId::EMPTY);
+        }
+        HexId::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not {N} hex digits")))
+    }
+}
+
 /// A random trace-id that is not all zero.
 pub fn new_trace_id<R: rand::Rng + ?Sized>(rng: &mut R) -> [u8; 16] {
     loop {
@@ -171,6 +301,22 @@ impl fmt::Display for TraceParent {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hex_ids_are_inline_lower_case_digits() {
+        let t = TraceIdHex::from_bytes(&[0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36]);
+        assert_eq!(t, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.to_string(), hex_id(&[0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36]));
+        assert_eq!(SpanIdHex::parse("00f067aa0ba902b7").map(|s| s.to_string()).as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(SpanIdHex::parse("00f067aa0ba902b"), None, "15 digits");
+        assert_eq!(SpanIdHex::parse("00f067aa0ba902bx"), None, "not hex");
+        let mut e = t;
+        e.clear();
+        assert!(e.is_empty() && e.as_str().is_empty() && TraceIdHex::default().is_empty());
+        assert_eq!(serde_json::to_string(&t).unwrap(), "\"4bf92f3577b34da6a3ce929d0e0e4736\"");
+        assert_eq!(serde_json::from_str::<TraceIdHex>("\"4bf92f3577b34da6a3ce929d0e0e4736\"").unwrap(), t);
+        assert!(serde_json::from_str::<SpanIdHex>("\"xyz\"").is_err());
+    }
+
     use super::*;
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

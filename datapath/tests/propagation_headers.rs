@@ -344,7 +344,7 @@ fn a_request_read_in_pieces_starts_one_server_request() {
         // down's server span continues the header our client request got
         let (trace, parent) = parts(&got);
         assert_eq!((servers[0].trace_id.as_str(), servers[0].parent_id.as_deref()), (trace.as_str(), Some(parent.as_str())));
-        assert!(spans.insert(servers[0].span_id.clone()), "request {i}: a span of its own: {servers:#?}");
+        assert!(spans.insert(servers[0].span_id), "request {i}: a span of its own: {servers:#?}");
     }
 }
 

@@ -107,7 +107,7 @@ fn a_kept_alive_tls_connection_gives_each_served_request_its_client_span() {
         assert_eq!(status, 200, "{doc}");
         let spans = t.collect(t.expected.len(), WAIT);
         traced::check_trace(&spans, None, &t.expected).unwrap_or_else(|e| panic!("request {i}: {e:#}"));
-        traces.push((spans[0].span.trace_id.clone(), spans[1].span.client));
+        traces.push((spans[0].span.trace_id, spans[1].span.client));
     }
     assert_ne!(traces[0].0, traces[1].0, "two requests, two traces");
     assert_eq!(traces[0].1, traces[1].1, "over one TLS connection");

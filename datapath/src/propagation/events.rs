@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::types::{Origin, PROP_EV_CLIENT, PROP_EV_SERVER, PropEventRaw};
 use crate::types::{TraceparentStatus, read_struct};
-use crate::w3c::hex_id;
+use crate::w3c::{SpanIdHex, TraceIdHex};
 
 /// Server: a request read; client: a request sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -38,11 +38,11 @@ pub struct PropEvent {
     /// The other side.
     pub remote: SocketAddr,
     /// Empty for a client request whose own traceparent was invalid (not used).
-    pub trace_id: String,
+    pub trace_id: TraceIdHex,
     /// Server: the server span; client: the client span.
-    pub span_id: String,
+    pub span_id: SpanIdHex,
     /// Server: the caller's span; client: the server span of its thread.
-    pub parent_id: Option<String>,
+    pub parent_id: Option<SpanIdHex>,
     /// A connection whose payload is not HTTP (TLS): no request was seen,
     /// the ids belong to a connection-level span ([`super::link`]).
     pub opaque: bool,
@@ -70,9 +70,9 @@ impl PropEvent {
             flags: raw.flags,
             local: raw.conn.local(),
             remote: raw.conn.remote(),
-            trace_id: if unused { String::new() } else { hex_id(&raw.trace_id) },
-            span_id: if unused { String::new() } else { hex_id(&raw.span_id) },
-            parent_id: (raw.parent_id != [0; 8]).then(|| hex_id(&raw.parent_id)),
+            trace_id: if unused { TraceIdHex::EMPTY } else { TraceIdHex::from_bytes(&raw.trace_id) },
+            span_id: if unused { SpanIdHex::EMPTY } else { SpanIdHex::from_bytes(&raw.span_id) },
+            parent_id: (raw.parent_id != [0; 8]).then(|| SpanIdHex::from_bytes(&raw.parent_id)),
             opaque: raw.opaque != 0,
         })
     }

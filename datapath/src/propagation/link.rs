@@ -159,9 +159,9 @@ pub fn connection_span(ev: &PropEvent) -> Span {
         end_ns: ev.ts_ns,
         traceparent_in: crate::events::Traceparent::Missing,
         tracestate: None,
-        trace_id: ev.trace_id.clone(),
-        span_id: ev.span_id.clone(),
-        parent_id: ev.parent_id.clone(),
+        trace_id: ev.trace_id,
+        span_id: ev.span_id,
+        parent_id: ev.parent_id,
         flags: ev.flags,
         propagated: match kind {
             SpanKind::Server => ev.origin != Origin::New,
@@ -186,6 +186,13 @@ mod tests {
     use crate::events::Traceparent;
     use crate::types::TraceparentStatus;
 
+    fn hx<const N: usize>(s: &str) -> crate::w3c::HexId<N> {
+        if s.is_empty() {
+            return crate::w3c::HexId::EMPTY;
+        }
+        crate::w3c::HexId::parse(s).unwrap_or_else(|| panic!("{s:?}: {N} hex digits"))
+    }
+
     fn ev(kind: PropKind, ts: u64, local: &str, remote: &str, span: &str, parent: Option<&str>) -> PropEvent {
         PropEvent {
             ts_ns: ts,
@@ -198,9 +205,9 @@ mod tests {
             flags: 1,
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
-            trace_id: "ab".repeat(16),
-            span_id: span.into(),
-            parent_id: parent.map(str::to_owned),
+            trace_id: hx(&"ab".repeat(16)),
+            span_id: hx(span),
+            parent_id: parent.map(hx),
             opaque: false,
         }
     }
@@ -221,8 +228,8 @@ mod tests {
             end_ns: end,
             traceparent_in: Traceparent::Missing,
             tracestate: None,
-            trace_id: "00".repeat(16),
-            span_id: "00".repeat(8),
+            trace_id: hx(&"00".repeat(16)),
+            span_id: hx(&"00".repeat(8)),
             parent_id: None,
             flags: 1,
             propagated: false,

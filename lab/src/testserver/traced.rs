@@ -218,7 +218,7 @@ pub fn check_trace(spans: &[Reported], root_parent: Option<&str>, expected: &[Ex
         bail!("expected {} spans, got {}:\n{}", expected.len(), spans.len(), show());
     }
     let trace = &spans[0].span.trace_id;
-    let mut parent = root_parent.map(str::to_owned);
+    let mut parent = root_parent;
     for (r, &(svc, kind, path)) in spans.iter().zip(expected) {
         if (r.service, r.span.kind, r.span.path.as_str()) != (svc, kind, path) {
             bail!("expected {svc} {kind:?} {path}, got {} {:?} {}:\n{}", r.service, r.span.kind, r.span.path, show());
@@ -226,10 +226,10 @@ pub fn check_trace(spans: &[Reported], root_parent: Option<&str>, expected: &[Ex
         if &r.span.trace_id != trace {
             bail!("{svc} {path}: trace {} is not {trace}:\n{}", r.span.trace_id, show());
         }
-        if r.span.parent_id != parent {
+        if r.span.parent_id.as_deref() != parent {
             bail!("{svc} {kind:?} {path}: parent {:?}, expected {parent:?}:\n{}", r.span.parent_id, show());
         }
-        parent = Some(r.span.span_id.clone());
+        parent = Some(r.span.span_id.as_str());
     }
     Ok(())
 }
