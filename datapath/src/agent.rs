@@ -354,6 +354,12 @@ impl Agent {
         spans
     }
 
+    /// Spans that took the kernel's ids (propagation on), and propagation
+    /// events dropped unused to keep the linker within its budget.
+    pub fn linked(&self) -> (u64, u64) {
+        (self.linker.linked(), self.linker.dropped())
+    }
+
     /// Context propagation, when a mode is on.
     pub fn propagation(&self) -> Option<&Propagation> {
         self.propagation.as_ref()

@@ -42,6 +42,10 @@ fn the_propagation_section_reports_both_sides_of_the_ratio() {
         let on = row(&format!("requests/s, propagation={mode}"));
         assert_eq!(on["baseline"].as_f64(), Some(off), "{mode}: compared with the same run's baseline");
         assert!(on["value"].as_f64().is_some_and(|v| v > 10.0), "{mode}: {on}");
+        // every span of the chain should take the kernel's ids, also when
+        // the agents read the datapath's events late
+        let linked = row(&format!("spans with the kernel's ids, propagation={mode}"))["value"].as_f64().unwrap_or(0.0);
+        assert!(linked >= 95.0, "{mode}: {linked}% of the spans took the kernel's ids");
         let loss = row(&format!("throughput loss, propagation={mode}"));
         assert!(loss["met"].is_boolean() && loss["target"].is_object(), "{mode}: the target is reported: {loss}");
         assert!(row(&format!("p99 latency ratio, propagation={mode}"))["value"].as_f64().is_some_and(|r| r > 0.0));

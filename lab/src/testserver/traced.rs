@@ -147,6 +147,12 @@ impl TracedChain {
             .collect()
     }
 
+    /// Spans that took the kernel's ids, and propagation events dropped
+    /// unused, summed over the agents.
+    pub fn linked(&self) -> (u64, u64) {
+        self.agents.iter().map(|(_, a)| a.linked()).fold((0, 0), |s, l| (s.0 + l.0, s.1 + l.1))
+    }
+
     /// Kernel counters of each agent's propagation programs.
     pub fn counters(&self) -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
         self.agents
