@@ -162,9 +162,10 @@ pub fn decide_trace(tp: &Traceparent, ids: &mut dyn IdSource) -> TraceDecision {
         let hex = |r: std::ops::Range<usize>| b.get(r.clone()).filter(|f| f.iter().all(u8::is_ascii_hexdigit)).map(|_| &v[r]);
         let dashes = [2, 35, 52].iter().all(|&i| b.get(i) == Some(&b'-')) && b.get(55).is_none_or(|&c| c == b'-');
         if dashes
-            && let (Some(_), Some(trace), Some(parent), Some(flags)) = (hex(0..2), hex(3..35), hex(36..52), hex(53..55))
+            && let (Some(_), Some(flags)) = (hex(0..2), hex(53..55))
             && let Ok(flags) = u8::from_str_radix(flags, 16)
-            && let (Some(trace), Some(parent)) = (TraceIdHex::parse(trace), SpanIdHex::parse(parent))
+            // the ids' own parse checks their digits
+            && let (Some(trace), Some(parent)) = (v.get(3..35).and_then(TraceIdHex::parse), v.get(36..52).and_then(SpanIdHex::parse))
         {
             return TraceDecision {
                 trace_id: trace,
