@@ -30,6 +30,7 @@ use tclab_datapath::propagation::{Mode, Programs, Propagation, PropagationConfig
 use tclab_net::NetNs;
 
 use super::report::Row;
+use super::stats::{median, spread};
 use crate::testserver::cgroup::{CgroupRoot, find_cgroup2_mount};
 
 /// Client/server pairs at once: enough that the CPU always has a runnable
@@ -83,7 +84,7 @@ fn pin(cpu: usize) -> anyhow::Result<nix::sched::CpuSet> {
 }
 
 /// One pair: a server thread answering every request read, a client
-/// sending `n` requests back to back after a warm-up.
+/// sending `n` requests back to back.
 fn pair(ns: &NetNs, n: usize) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
     let listener = ns.try_run(|| TcpListener::bind("127.0.0.1:0"))?.context("bind on the namespace's loopback")?;
     let addr = listener.local_addr()?;
@@ -156,11 +157,6 @@ fn measure(ns: &NetNs, cgroup: &Path, variant: Option<(Mode, Programs)>, n: usiz
     Ok(cpu / (n / PAIRS * PAIRS) as f64)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 /// The rows: per mode, ns of CPU per round trip with the hooks only and
 /// with the programs, against propagation off; and our programs' share.
 ///
@@ -190,25 +186,21 @@ pub fn rows(quick: bool, modes: &[Mode]) -> anyhow::Result<Vec<Row>> {
         tracing::warn!("failed to restore the CPU affinity: {e}");
     }
     let (off, on) = measured?;
-    let spread = |v: &[f64]| {
-        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().copied().fold(0.0, f64::max);
-        format!("{rounds} rounds, {lo:.0}–{hi:.0} ns")
-    };
-    let off_ns = median(off.clone());
+    let over_rounds = |v: &[f64]| format!("{rounds} rounds, {} ns", spread(v, 0));
+    let off_ns = median(&off);
     let mut rows = vec![Row::value("CPU per HTTP round trip on one CPU, propagation=disabled", off_ns, "ns").note(format!(
         "{PAIRS} loopback client/server pairs in this process, pinned to CPU {cpu} with the events' reader, {n} round trips per run, the process's CPU time; median of {}",
-        spread(&off)
+        over_rounds(&off)
     ))];
     for (i, mode) in modes.iter().enumerate() {
-        let (hooks, full) = (median(on[i].0.clone()), median(on[i].1.clone()));
+        let (hooks, full) = (median(&on[i].0), median(&on[i].1));
         rows.push(
             Row::ratio(format!("CPU per HTTP round trip on one CPU, propagation={mode}, hooks only"), hooks, off_ns, "ns")
-                .note(format!("the kernel's mechanism: the same hooks, programs that return at once; median of {}", spread(&on[i].0))),
+                .note(format!("the kernel's mechanism: the same hooks, programs that return at once; median of {}", over_rounds(&on[i].0))),
         );
         rows.push(Row::ratio(format!("CPU per HTTP round trip on one CPU, propagation={mode}"), full, off_ns, "ns").note(format!(
             "median of {}; our programs and the events' reading: {:.0} ns per round trip beyond the hooks only ({:.1}% of a round trip without propagation), the mechanism {:.0} ns ({:.1}%)",
-            spread(&on[i].1),
+            over_rounds(&on[i].1),
             full - hooks,
             (full - hooks) / off_ns * 100.0,
             hooks - off_ns,
