@@ -81,19 +81,29 @@ impl Linker {
             }
             return;
         }
-        let (map, key) = match ev.kind {
-            PropKind::Server => (&mut self.server, (unmap(ev.remote), unmap(ev.local))),
-            PropKind::Client => (&mut self.client, (unmap(ev.local), unmap(ev.remote))),
+        let key = match ev.kind {
+            PropKind::Server => (unmap(ev.remote), unmap(ev.local)),
+            PropKind::Client => (unmap(ev.local), unmap(ev.remote)),
         };
-        let q = map.entry(key).or_default();
-        if self.queued >= MAX_QUEUED && q.pop_front().is_some() {
+        if self.queued >= MAX_QUEUED {
             // over budget: this connection's oldest event goes (a
-            // connection whose spans never come is the one that grows)
+            // connection whose spans never come is the one that grows),
+            // else, for a connection with none queued, another's oldest
+            if self.queues(ev.kind).get_mut(&key).and_then(VecDeque::pop_front).is_none() {
+                drop_oldest_elsewhere(&mut self.server, &mut self.client);
+            }
             self.queued -= 1;
             self.dropped += 1;
         }
-        q.push_back(ev);
+        self.queues(ev.kind).entry(key).or_default().push_back(ev);
         self.queued += 1;
+    }
+
+    fn queues(&mut self, kind: PropKind) -> &mut HashMap<ConnKey, VecDeque<PropEvent>> {
+        match kind {
+            PropKind::Server => &mut self.server,
+            PropKind::Client => &mut self.client,
+        }
     }
 
     /// Events dropped unused to keep within [`MAX_QUEUED`].
@@ -193,6 +203,21 @@ pub fn connection_span(ev: &PropEvent) -> Span {
     }
 }
 
+/// Over budget with nothing queued for the connection pushed to: drop the
+/// oldest event of the first queue that has one (its queue goes with it
+/// when emptied). Called only when `queued` is at the budget: one exists.
+fn drop_oldest_elsewhere(server: &mut HashMap<ConnKey, VecDeque<PropEvent>>, client: &mut HashMap<ConnKey, VecDeque<PropEvent>>) {
+    for map in [server, client] {
+        if let Some((&key, q)) = map.iter_mut().find(|(_, q)| !q.is_empty()) {
+            q.pop_front();
+            if q.is_empty() {
+                map.remove(&key);
+            }
+            return;
+        }
+    }
+}
+
 /// Remove the events at or before `until`: the last of them, and how many.
 fn take_last(q: &mut VecDeque<PropEvent>, until: u64) -> (Option<PropEvent>, usize) {
     let mut last = None;
@@ -278,6 +303,25 @@ mod tests {
             assert_eq!(s.span_id, format!("{:016x}", i + 1));
         }
         assert_eq!((l.pending(), l.dropped(), l.client.len()), (0, 0, 0), "nothing left, no queue kept");
+    }
+
+    /// A new connection's event past the budget takes the place of another
+    /// connection's oldest: the budget holds however many connections come.
+    #[test]
+    fn the_queue_budget_holds_for_new_connections_too() {
+        let mut l = Linker::new();
+        for i in 0..MAX_QUEUED as u64 {
+            l.push(ev(PropKind::Server, i + 1, "10.0.0.2:80", "10.0.0.1:5000", "1111111111111111", None));
+        }
+        for port in 6000..6010 {
+            l.push(ev(PropKind::Client, 1, "10.0.0.2:6000", &format!("10.0.0.3:{port}"), "2222222222222222", None));
+        }
+        assert_eq!((l.pending(), l.dropped(), l.client.len()), (MAX_QUEUED, 10, 10));
+        // the server connection lost its ten oldest, and its later ones stay
+        let mut s = span(SpanKind::Server, "10.0.0.1:5000", "10.0.0.2:80", 1, 10);
+        assert!(!l.apply(&mut s));
+        let mut s = span(SpanKind::Server, "10.0.0.1:5000", "10.0.0.2:80", 11, 11);
+        assert!(l.apply(&mut s));
     }
 
     /// The budget holds over all connections: past it, the connection
