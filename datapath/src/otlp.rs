@@ -536,9 +536,9 @@ fn batch_loop(rx: &Receiver<otlp::Span>, sender: &Sender) {
 
 #[cfg(test)]
 mod tests {
-    use crate::w3c::HexId;
     use super::*;
     use crate::events::Traceparent;
+    use crate::w3c::HexId;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

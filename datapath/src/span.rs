@@ -6,7 +6,6 @@
 //! A request whose headers were split across segments is completed by the
 //! continuation events of the same connection before its response arrives.
 
-use crate::w3c::{SpanIdHex, TraceIdHex};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
@@ -16,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{Event, HttpContinuation, HttpRequest, HttpResponse, LineEnd, RequestLine, Traceparent};
 use crate::types::{CtTuple, Dir};
+use crate::w3c::{SpanIdHex, TraceIdHex};
 
 /// Server: the request came in on ingress. Client: it went out on egress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -301,22 +301,6 @@ impl fmt::Display for TraceParent {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn hex_ids_are_inline_lower_case_digits() {
-        let t = TraceIdHex::from_bytes(&[0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36]);
-        assert_eq!(t, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(t.to_string(), hex_id(&[0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36]));
-        assert_eq!(SpanIdHex::parse("00f067aa0ba902b7").map(|s| s.to_string()).as_deref(), Some("00f067aa0ba902b7"));
-        assert_eq!(SpanIdHex::parse("00f067aa0ba902b"), None, "15 digits");
-        assert_eq!(SpanIdHex::parse("00f067aa0ba902bx"), None, "not hex");
-        let mut e = t;
-        e.clear();
-        assert!(e.is_empty() && e.as_str().is_empty() && TraceIdHex::default().is_empty());
-        assert_eq!(serde_json::to_string(&t).unwrap(), "\"4bf92f3577b34da6a3ce929d0e0e4736\"");
-        assert_eq!(serde_json::from_str::<TraceIdHex>("\"4bf92f3577b34da6a3ce929d0e0e4736\"").unwrap(), t);
-        assert!(serde_json::from_str::<SpanIdHex>("\"xyz\"").is_err());
-    }
-
     use super::*;
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -375,5 +359,21 @@ mod tests {
             assert_eq!(parse_traceparent(child.to_string().as_bytes()), Ok(child));
             assert_eq!(child.trace_id, root.trace_id);
         }
+    }
+
+    #[test]
+    fn hex_ids_are_inline_lower_case_digits() {
+        let t = TraceIdHex::from_bytes(&[0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36]);
+        assert_eq!(t, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.to_string(), hex_id(&[0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36]));
+        assert_eq!(SpanIdHex::parse("00f067aa0ba902b7").map(|s| s.to_string()).as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(SpanIdHex::parse("00f067aa0ba902b"), None, "15 digits");
+        assert_eq!(SpanIdHex::parse("00f067aa0ba902bx"), None, "not hex");
+        let mut e = t;
+        e.clear();
+        assert!(e.is_empty() && e.as_str().is_empty() && TraceIdHex::default().is_empty());
+        assert_eq!(serde_json::to_string(&t).unwrap(), "\"4bf92f3577b34da6a3ce929d0e0e4736\"");
+        assert_eq!(serde_json::from_str::<TraceIdHex>("\"4bf92f3577b34da6a3ce929d0e0e4736\"").unwrap(), t);
+        assert!(serde_json::from_str::<SpanIdHex>("\"xyz\"").is_err());
     }
 }
