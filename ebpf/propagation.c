@@ -15,15 +15,16 @@
  *   reading thread): the first read after a request arrived makes the
  *   thread its server: a new server span id, kept per thread, sent to user
  *   space (PROP_EV_SERVER). Only threads under the agent's cgroup.
- * - tclab_prop_sockops (cgroup sock_ops): puts established TCP sockets of
- *   the cgroup into tclab_prop_sockhash, and writes/reads our TCP option.
+ * - tclab_prop_sockops (cgroup sock_ops): puts the TCP connections the
+ *   cgroup opens into tclab_prop_sockhash, writes/reads our TCP option, and
+ *   sees the responses leave on the connections it accepts: data sent on
+ *   a connection a thread serves ends that thread's request.
  * - tclab_prop_msg (sk_msg on tclab_prop_sockhash, on the sending
  *   thread): an outgoing HTTP/1.1 request gets a client span id and the
  *   trace of the request its thread serves (else a new trace); without a
  *   traceparent of its own it gets `Traceparent: 00-<trace>-<span>-<flags>`
  *   inserted after its request line (bpf_msg_push_data). A request that
  *   has one is left alone and its value used (an invalid one is not used).
- *   A response sent on the served connection ends the thread's request.
  *   A TLS ClientHello sent by a serving thread (not HTTP: the payload
  *   cannot be changed) opens a client context on its connection for the
  *   TCP/IP options to carry (propagation_tls.h); on the receiving side the
@@ -164,6 +165,7 @@ int BPF_PROG(tclab_prop_read, struct sock___tclab *sk)
 	}
 	prop_new_span(&th.ctx);
 	PROP_PUT(&tclab_prop_threads, &id, &th);
+	PROP_PUT(&tclab_prop_served, &th.conn, &id);
 	prop_emit(PROP_EV_SERVER, &th.conn, &th.ctx, parent, status, 0, id);
 	return 0;
 }
@@ -199,7 +201,7 @@ static __always_inline void prop_tcp_write(struct bpf_sock_ops *o, const struct 
 	__u8 opt[PROP_TCP_OPT_LEN];
 	__u16 exid;
 
-	if (!c)
+	if (!c || (c->carried & PROP_CARRIED_HEADER))
 		return;
 	exid = (c->flags & 1) ? PROP_TCP_EXID_SAMPLED : PROP_TCP_EXID_UNSAMPLED;
 	opt[0] = PROP_TCP_OPT_KIND;
@@ -208,8 +210,10 @@ static __always_inline void prop_tcp_write(struct bpf_sock_ops *o, const struct 
 	opt[3] = exid & 0xff;
 	__builtin_memcpy(opt + 4, c->trace_id, 16);
 	__builtin_memcpy(opt + 20, c->span_id, 8);
-	if (!bpf_store_hdr_opt(o, opt, sizeof(opt), 0))
+	if (!bpf_store_hdr_opt(o, opt, sizeof(opt), 0)) {
 		prop_count(PC_TCP_WRITTEN);
+		c->carried |= PROP_CARRIED_TCP; /* no IP option for it then */
+	}
 }
 
 /* Our TCP option on a received segment: the caller's context, unless the
@@ -248,6 +252,27 @@ static __always_inline void prop_tcp_read(struct bpf_sock_ops *o, const struct p
 	PROP_PUT(&tclab_prop_in, key, &c);
 }
 
+/* Data leaving on a connection whose request a thread serves is that
+ * request's response: the thread is done with it (its later client
+ * requests start traces of their own). Not on a TLS connection (opaque):
+ * its handshake answers before the request inside is even read, and
+ * nothing tells a response there. 1 when the connection is served. */
+static __always_inline int prop_answered(const struct prop_key *key)
+{
+	__u64 *reader = bpf_map_lookup_elem(&tclab_prop_served, key);
+	struct prop_thread *th;
+
+	if (!reader)
+		return 0;
+	if (*reader) {
+		th = bpf_map_lookup_elem(&tclab_prop_threads, reader);
+		if (th && !th->ctx.opaque && prop_key_eq(&th->conn, key))
+			th->ctx.spent = 1;
+		*reader = 0;
+	}
+	return 1;
+}
+
 SEC("sockops")
 int tclab_prop_sockops(struct bpf_sock_ops *o)
 {
@@ -259,25 +284,39 @@ int tclab_prop_sockops(struct bpf_sock_ops *o)
 	switch (op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		prop_key_from_ops(&key, o);
-		bpf_sock_hash_update(o, &tclab_prop_sockhash, &key, BPF_ANY);
 		/* Requests leave on the connections a service opened and arrive
-		 * on those it accepted: the option is written on the first kind
-		 * and read on the second, and each asks for that callback only
-		 * (the write callbacks run for every segment sent, ACKs too). */
-		if (tclab_prop_mode & PROP_M_TCP)
-			bpf_sock_ops_cb_flags_set(o, o->bpf_sock_ops_cb_flags |
-							     (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
-								      ? BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG
-								      : BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG));
+		 * on those it accepted. Only the first kind goes into the
+		 * sockhash (sk_msg: the requests' ids, the header): a socket
+		 * there sends and receives through the psock's path, which
+		 * costs every message, and of an accepted one's messages only
+		 * the responses matter, and only that they leave: the header-
+		 * option callbacks see that (prop_answered). Our option is
+		 * written on the first kind and read on the second. */
+		if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+			prop_key_from_ops(&key, o);
+			bpf_sock_hash_update(o, &tclab_prop_sockhash, &key, BPF_ANY);
+			if (tclab_prop_mode & PROP_M_TCP)
+				bpf_sock_ops_cb_flags_set(o, o->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+		} else {
+			bpf_sock_ops_cb_flags_set(o, o->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG |
+							     ((tclab_prop_mode & PROP_M_TCP) ? BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG : 0));
+		}
 		break;
 	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		/* every segment about to be sent (and, with no skb, the MSS
+		 * computations): those with data only */
 		PROP_HOOKS_ONLY_RETURN(1);
-		if (!(tclab_prop_mode & PROP_M_TCP) || !o->skb_len)
+		if (!o->skb_len)
 			break;
 		prop_key_from_ops(&key, o);
-		if (bpf_map_lookup_elem(&tclab_prop_out, &key))
-			bpf_reserve_hdr_opt(o, PROP_TCP_OPT_LEN, 0);
+		if (prop_answered(&key))
+			break;
+		if (tclab_prop_mode & PROP_M_TCP) {
+			struct prop_ctx *out = bpf_map_lookup_elem(&tclab_prop_out, &key);
+
+			if (out && !(out->carried & PROP_CARRIED_HEADER))
+				bpf_reserve_hdr_opt(o, PROP_TCP_OPT_LEN, 0);
+		}
 		break;
 	case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
 		PROP_HOOKS_ONLY_RETURN(1);
@@ -454,8 +493,9 @@ static __always_inline int prop_is_response(__u64 h)
 	return (h & 0xffffffffffffffULL) == P8('H', 'T', 'T', 'P', '/', '1', '.', 0);
 }
 
-/* A response sent on the connection the thread serves: the thread is done
- * with that request. */
+/* A response sent on a connection the service opened (its responses
+ * usually leave on accepted ones: prop_answered) that the thread serves:
+ * the thread is done with that request. */
 static __always_inline void prop_response_sent(struct sk_msg_md *m, __u64 id)
 {
 	struct prop_thread *th = bpf_map_lookup_elem(&tclab_prop_threads, &id);
@@ -484,8 +524,8 @@ int tclab_prop_msg(struct sk_msg_md *m)
 	PROP_HOOKS_ONLY_RETURN(SK_PASS);
 	if (!s || size < 16)
 		return SK_PASS;
-	/* A response (3 of the 5 messages per request of the test chain) is
-	 * told by its first 8 bytes, without copying the message to scan it. */
+	/* A response is told by its first 8 bytes, without copying the
+	 * message to scan it. */
 	if ((void *)(long)m->data + 8 <= (void *)(long)m->data_end &&
 	    prop_is_response(*(const __u64 *)(long)m->data)) {
 		prop_response_sent(m, id);
@@ -533,6 +573,10 @@ int tclab_prop_msg(struct sk_msg_md *m)
 			injected = prop_inject(m, s, &c, at - 1);
 	}
 	c.tp_status = status;
+	/* its header carries it (ours, or the application's valid one): with
+	 * the header on, the options would only repeat it */
+	if ((tclab_prop_mode & PROP_M_HEADERS) && (injected || status == TP_VALID))
+		c.carried = PROP_CARRIED_HEADER;
 	if (tclab_prop_mode & (PROP_M_TCP | PROP_M_IP))
 		PROP_PUT(&tclab_prop_out, &key, &c);
 	prop_emit(PROP_EV_CLIENT, &key, &c, parent, status, injected, id);
@@ -761,6 +805,8 @@ int tclab_prop_egress(struct __sk_buff *skb)
 	if (!prop_parse_tcp(skb, &p, &key, 1) || !p.plen)
 		return TC_ACT_UNSPEC;
 	out = bpf_map_lookup_elem(&tclab_prop_out, &key);
+	if (out && out->carried)
+		return TC_ACT_UNSPEC; /* its header or our TCP option carries it */
 	if (out)
 		__builtin_memcpy(&c, out, sizeof(c));
 	else if (prop_request(skb, &p, &c) != TP_VALID)

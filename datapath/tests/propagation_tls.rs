@@ -59,6 +59,10 @@ fn serve_down(listener: TcpListener) {
 /// thread (a new connection), for `GET /server` a ServerHello; waits for
 /// down's byte, then answers.
 fn serve_front(listener: TcpListener, down: SocketAddr) {
+    serve_front_with(listener, down, |down| TcpStream::connect(down).unwrap());
+}
+
+fn serve_front_with(listener: TcpListener, down: SocketAddr, connect: fn(SocketAddr) -> TcpStream) {
     for conn in listener.incoming() {
         let Ok(stream) = conn else { return };
         std::thread::spawn(move || {
@@ -75,7 +79,7 @@ fn serve_front(listener: TcpListener, down: SocketAddr) {
                 }
             }
             let bytes = if line.starts_with("GET /hello ") { client_hello() } else { server_hello() };
-            let mut d = TcpStream::connect(down).unwrap();
+            let mut d = connect(down);
             d.write_all(&bytes).unwrap();
             let mut ack = [0u8; 1];
             d.read_exact(&mut ack).unwrap();
@@ -86,6 +90,72 @@ fn serve_front(listener: TcpListener, down: SocketAddr) {
 
 fn setup() -> Setup {
     front_and_down("tclab-proptls", serve_front, serve_down)
+}
+
+/// `struct tcp_md5sig` (linux/tcp.h), for TCP_MD5SIG.
+#[repr(C)]
+struct TcpMd5Sig {
+    addr: libc::sockaddr_storage,
+    flags: u8,
+    prefixlen: u8,
+    keylen: u16,
+    ifindex: i32,
+    key: [u8; 80],
+}
+
+/// TCP MD5 signatures (RFC 2385) with peer 127.0.0.1 on `fd`: they and the
+/// timestamps take 32 of a segment's 40 bytes of options, which leaves no
+/// room for ours (28).
+fn md5_with_localhost(fd: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero is a valid sockaddr_storage and byte array.
+    let mut sig: TcpMd5Sig = unsafe { std::mem::zeroed() };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in fits in sockaddr_storage; both are plain data.
+    unsafe { std::ptr::copy_nonoverlapping(&sin, (&raw mut sig.addr).cast::<libc::sockaddr_in>(), 1) };
+    sig.keylen = 8;
+    sig.key[..8].copy_from_slice(b"tclab-md");
+    // SAFETY: a valid fd and a struct of the size the option takes.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MD5SIG,
+            (&raw const sig).cast(),
+            std::mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_MD5SIG: {}", std::io::Error::last_os_error());
+}
+
+/// `down` whose connections sign with TCP MD5 (the listener's key is
+/// inherited by the connections it accepts).
+fn serve_down_md5(listener: TcpListener) {
+    use std::os::fd::AsFd;
+    md5_with_localhost(listener.as_fd());
+    serve_down(listener);
+}
+
+/// `front` as [`serve_front`], its connections to down signed with TCP MD5.
+fn serve_front_md5(listener: TcpListener, down: SocketAddr) {
+    serve_front_with(listener, down, |down| {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, connect, socket};
+        use std::os::fd::{AsFd, AsRawFd};
+        let SocketAddr::V4(v4) = down else { panic!("down is IPv4: {down}") };
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None).unwrap();
+        md5_with_localhost(fd.as_fd());
+        connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).unwrap();
+        TcpStream::from(fd)
+    });
+}
+
+fn setup_md5() -> Setup {
+    front_and_down("tclab-proptlsmd5", serve_front_md5, serve_down_md5)
 }
 
 /// One request to front (a fresh connection), read to the end.
@@ -107,7 +177,8 @@ fn find<'a>(evs: &'a [PropEvent], what: &str, f: impl Fn(&PropEvent) -> bool) ->
     found[0]
 }
 
-fn carried_across_a_tls_hop(mode: Mode, origin: Origin) {
+/// Returns the counters of the run.
+fn carried_across_a_tls_hop(mode: Mode, origin: Origin, setup: fn() -> Setup) -> Vec<(&'static str, u64)> {
     let _g = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let cg = OwnCgroup::enter("proptls");
     let s = setup();
@@ -143,18 +214,34 @@ fn carried_across_a_tls_hop(mode: Mode, origin: Origin) {
         "a ServerHello is no client: {evs:#?}"
     );
     assert_eq!(p.counter("tls_clients"), 2);
+    p.counters().expect("counters")
 }
 
 #[test]
 fn the_tcp_option_carries_the_trace_across_a_tls_hop() {
     if require::root("the_tcp_option_carries_the_trace_across_a_tls_hop") {
-        carried_across_a_tls_hop(Mode::Tcp, Origin::Tcp);
+        carried_across_a_tls_hop(Mode::Tcp, Origin::Tcp, setup);
     }
 }
 
 #[test]
 fn the_ip_option_carries_the_trace_across_a_tls_hop() {
     if require::root("the_ip_option_carries_the_trace_across_a_tls_hop") {
-        carried_across_a_tls_hop(Mode::Ip, Origin::Ip);
+        carried_across_a_tls_hop(Mode::Ip, Origin::Ip, setup);
     }
+}
+
+/// With every carrier on, a request is carried once, by the first that
+/// can (docs/propagation.md): a TLS hop by the TCP option, and by the IP
+/// option only where the TCP option does not fit.
+#[test]
+fn all_modes_carry_a_tls_hop_once_the_ip_option_where_the_tcp_option_does_not_fit() {
+    if !require::root("all_modes_carry_a_tls_hop_once_the_ip_option_where_the_tcp_option_does_not_fit") {
+        return;
+    }
+    let count = |c: &[(&str, u64)], name: &str| c.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v);
+    let c = carried_across_a_tls_hop(Mode::All, Origin::Tcp, setup);
+    assert!(count(&c, "tcp_written") >= 2 && count(&c, "ip_added") == 0, "the TCP option alone: {c:?}");
+    let c = carried_across_a_tls_hop(Mode::All, Origin::Ip, setup_md5);
+    assert!(count(&c, "tcp_written") == 0 && count(&c, "ip_added") >= 2, "no room for the TCP option: the IP option: {c:?}");
 }

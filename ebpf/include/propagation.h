@@ -83,6 +83,15 @@ struct {
 	__type(value, struct prop_ctx);
 } tclab_prop_in SEC(".maps");
 
+/* Accepted connections: the thread (pid_tgid) serving the request read
+ * last on each, 0 once its response has left (sockops sees it go). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, PROP_ENTRIES);
+	__type(key, struct prop_key);
+	__type(value, __u64);
+} tclab_prop_served SEC(".maps");
+
 /* TLS client connections: the server span (of the sending thread) their
  * current client context was opened for (0: none), so that a kept-alive
  * connection used for another served request gets a new client span. */

@@ -27,6 +27,14 @@ enum prop_origin {
 	PROP_O_APP = 5,     /* client: the application sent a traceparent itself */
 };
 
+/* Which carriers took a client context already (prop_ctx.carried): with
+ * several carriers on (`all`), a request is carried once, by the first
+ * that can (header, then TCP option, then IP option), as OBI does. */
+enum prop_carried {
+	PROP_CARRIED_HEADER = 1 << 0, /* its traceparent header (inserted, or the application's) */
+	PROP_CARRIED_TCP = 1 << 1,    /* our TCP option, written on a segment */
+};
+
 /* A connection as its socket sees it. Addresses as on the wire (IPv4 in
  * the first 4 bytes, rest zero; v4-mapped IPv6 sockets are keyed as IPv4),
  * ports in host byte order. */
@@ -52,7 +60,8 @@ struct prop_ctx {
 	 * in place and marked spent rather than deleted: an LRU map's update
 	 * and delete take its locks and lists, a lookup and a store do not. */
 	__u8 spent;
-	__u8 _pad[3];
+	__u8 carried; /* tclab_prop_out: enum prop_carried bits */
+	__u8 _pad[2];
 };
 
 /* What a thread is serving (map tclab_prop_threads, key pid_tgid). */

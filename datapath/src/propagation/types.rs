@@ -75,7 +75,9 @@ pub struct PropCtx {
     /// Taken by a reading thread (`tclab_prop_in`), or its request ended
     /// (`tclab_prop_threads`): entries are marked, not deleted.
     pub spent: u8,
-    pub _pad: [u8; 3],
+    /// Carriers that took a client context already (`enum prop_carried`).
+    pub carried: u8,
+    pub _pad: [u8; 2],
 }
 
 /// `struct prop_thread`.
@@ -193,7 +195,7 @@ mod tests {
     fn layouts_match_c() {
         let s = btf_structs(btf_section(super::super::OBJECT));
         check!(s, "prop_key", PropKey, [local, remote, local_port, remote_port, family, _pad]);
-        check!(s, "prop_ctx", PropCtx, [trace_id, span_id, flags, origin, tp_status, opaque, spent, _pad]);
+        check!(s, "prop_ctx", PropCtx, [trace_id, span_id, flags, origin, tp_status, opaque, spent, carried, _pad]);
         check!(s, "prop_thread", PropThread, [ctx, conn]);
         check!(s, "prop_event", PropEventRaw, [
             ts_ns, kind, tgid, tid, tp_status, injected, origin, flags, conn, trace_id, span_id, parent_id, opaque,
