@@ -7,14 +7,15 @@
 //!   requests that have none (sk_msg + bpf_msg_push_data);
 //! * `tcp`: our TCP header option on the requests' segments (sockops);
 //! * `ip`: our IPv4 option / IPv6 destination options header (TC);
-//! * `all`: the three.
+//! * `all`: each request by the first carrier that can (the header, else
+//!   the TCP option, else the IP option), as OBI does.
 //!
 //! Every mode but `disabled` also correlates a server request with the
 //! client requests its thread makes while serving it: TC ingress notes the
 //! context a request brings on its connection, a BTF tracepoint in
 //! `tcp_recvmsg` (`tcp_rcv_space_adjust`) binds it to the thread that reads
-//! it, and the socket message program of that thread's next request uses
-//! it. Kernel memory is read through BTF-typed pointers only (no
+//! it, the socket message program of that thread's next request uses it,
+//! and sock_ops ends it when the response leaves on the served connection. Kernel memory is read through BTF-typed pointers only (no
 //! `bpf_probe_read_kernel`) and nothing writes user memory (no
 //! `bpf_probe_write_user`), so no lockdown mode refuses a part. Should the
 //! tracepoint still fail to load, correlation is off (every client request
@@ -160,8 +161,9 @@ pub enum Programs {
     #[default]
     Full,
     /// The same programs on the same hooks, returning at once (sockops
-    /// still fills the sockhash, and asks for the TCP header-option
-    /// callbacks in modes with the TCP option). Propagates nothing: what
+    /// still puts the opened connections in the sockhash, and asks for the
+    /// header-option callbacks: on accepted connections in every mode, on
+    /// opened ones with the TCP option). Propagates nothing: what
     /// the kernel's hooks cost by themselves, the floor the propagation
     /// benchmark measures the programs against.
     HooksOnly,

@@ -393,7 +393,7 @@ pub fn run(quick: bool) -> anyhow::Result<SectionReport> {
         let floor_cpu = med(floor_ratios[i].iter().map(|r| r.3).collect());
         s.rows.push(
             Row::ratio(format!("machine CPU per request, propagation={mode}, hooks only"), floor_machine, off_machine, "µs").note(format!(
-                "the same hooks with programs that return at once (sockets still in the sockhash): median of the per-round ratios {floor_cpu:.3}×, \
+                "the same hooks with programs that return at once (the opened connections still in the sockhash): median of the per-round ratios {floor_cpu:.3}×, \
                  a loss of {:.1}% at saturation from the mechanism alone; our programs' share of the {:.1}% above: {:.1} points",
                 (1.0 - 1.0 / floor_cpu) * 100.0,
                 (1.0 - 1.0 / cpu) * 100.0,

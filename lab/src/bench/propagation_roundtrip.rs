@@ -10,7 +10,8 @@
 //! trip is one HTTP/1.1 request and its response over loopback, both
 //! sockets in the agent's cgroup, so it runs every hook once per direction:
 //! one client request (sk_msg, header or option), one server read (the
-//! read tracepoint), one response (sk_msg), TC on both sides.
+//! read tracepoint), one response (sock_ops sees it leave), TC on both
+//! sides.
 //!
 //! The three variants of each mode (propagation off, the hooks only, the
 //! programs) are taken in one process, interleaved, and their medians
