@@ -265,8 +265,12 @@ impl Event {
 }
 
 fn nul_trimmed(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    let b = &b[..memchr::memchr(0, b).unwrap_or(b.len())];
+    // the strict check is the fast one; a lossy copy only for bad bytes
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    }
 }
 
 fn decode_http(kind: EventKind, meta: EventMeta, ev: &HttpEvent) -> Result<Event, EventError> {
@@ -473,15 +477,15 @@ pub struct HttpHead {
 /// HTTP/1.x head. Lines cut by the capture limit are ignored, not guessed.
 pub fn parse_http_head(payload: &[u8]) -> HttpHead {
     let mut head = HttpHead::default();
-    let mut lines = payload.split(|&c| c == b'\n').peekable();
+    let mut rest = payload;
     let mut first = true;
-    while let Some(raw) = lines.next() {
-        // The last piece has no '\n': it was cut by the capture.
-        let whole = lines.peek().is_some();
+    // Line ends found with memchr (SIMD): this parse runs for every
+    // request and response an agent sees. What follows the last '\n' was
+    // cut by the capture.
+    while let Some(nl) = memchr::memchr(b'\n', rest) {
+        let raw = &rest[..nl];
+        rest = &rest[nl + 1..];
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if !whole {
-            break;
-        }
         if line.is_empty() {
             head.complete = true;
             break;
@@ -495,7 +499,7 @@ pub fn parse_http_head(payload: &[u8]) -> HttpHead {
         }
         // Header lines stay bytes: only the values kept become text (a
         // lossy conversion of every line was ~8% of an agent's reader).
-        if let Some(colon) = line.iter().position(|&c| c == b':') {
+        if let Some(colon) = memchr::memchr(b':', line) {
             let (name, value) = (&line[..colon], trim_blanks(&line[colon + 1..]));
             if name.eq_ignore_ascii_case(b"host") {
                 head.host = Some(String::from_utf8_lossy(value).into_owned());
