@@ -607,3 +607,16 @@ fn tls_services_are_the_backend_or_the_worker() {
     let s = scenario::load_scenario_all(&ok).expect("valid");
     assert_eq!(s.services.expect("[services]").tls, ["backend", "worker"]);
 }
+
+#[test]
+fn services_that_call_after_responding_are_the_frontend_or_the_backend() {
+    let d = Dir::new();
+    let src = "name = \"t\"\n\n[services]\nchain = \"traceme\"\nafter_response = [\"worker\", \"db\"]\n";
+    let errs = d.errors(src);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].starts_with("s.toml:5:19: the worker calls nothing"), "{errs:?}");
+    assert!(errs[1].starts_with("s.toml:5:29: unknown service `db`, expected \"frontend\" or \"backend\""), "{errs:?}");
+    let ok = d.write("ok.toml", "name = \"t\"\n\n[services]\nchain = \"traceme\"\nafter_response = [\"frontend\"]\n");
+    let s = scenario::load_scenario_all(&ok).expect("valid");
+    assert_eq!(s.services.expect("[services]").after_response, ["frontend"]);
+}

@@ -45,6 +45,10 @@ pub struct Services {
     /// Services that copy the incoming traceparent to their downstream call
     /// themselves (an application with an SDK).
     pub forward: Vec<String>,
+    /// Services that answer first and call their downstream afterwards, on
+    /// the same thread ("frontend", "backend"): work after the response,
+    /// outside the request's trace.
+    pub after_response: Vec<String>,
     /// Services served over TLS ("backend", "worker"): the hop into each is
     /// encrypted, its caller trusting exactly the certificate it made.
     pub tls: Vec<String>,

@@ -51,6 +51,8 @@ pub(crate) struct RawServices {
     #[serde(default)]
     pub forward: Vec<S<String>>,
     #[serde(default)]
+    pub after_response: Vec<S<String>>,
+    #[serde(default)]
     pub tls: Vec<S<String>>,
 }
 

@@ -157,6 +157,16 @@ fn services(cx: &mut Ctx, raw: &Spanned<RawServices>, alone: bool) -> Option<Ser
             cx.err(f.span(), format!("unknown service `{}`, expected \"frontend\", \"backend\" or \"worker\"", f.get_ref()));
         }
     }
+    for a in &r.after_response {
+        if !["frontend", "backend"].contains(&a.get_ref().as_str()) {
+            let why = if a.get_ref() == "worker" {
+                "the worker calls nothing".to_owned()
+            } else {
+                format!("unknown service `{}`", a.get_ref())
+            };
+            cx.err(a.span(), format!("{why}, expected \"frontend\" or \"backend\" to call after its response"));
+        }
+    }
     for t in &r.tls {
         if !["backend", "worker"].contains(&t.get_ref().as_str()) {
             let why = if t.get_ref() == "frontend" {
@@ -172,6 +182,7 @@ fn services(cx: &mut Ctx, raw: &Spanned<RawServices>, alone: bool) -> Option<Ser
         ipv6: r.ipv6,
         traceparent: r.traceparent.as_ref().map(|t| t.get_ref().clone()),
         forward: r.forward.iter().map(|f| f.get_ref().clone()).collect(),
+        after_response: dedup(r.after_response.iter().map(|a| a.get_ref().clone()).collect()),
         tls: dedup(r.tls.iter().map(|t| t.get_ref().clone()).collect()),
     })
 }

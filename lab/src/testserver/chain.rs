@@ -52,6 +52,9 @@ pub struct ChainOptions {
     pub forwarding: Vec<String>,
     /// Services keep their downstream connection between requests.
     pub downstream_keepalive: bool,
+    /// Services (by name) that answer first and call their downstream
+    /// afterwards, on the same thread.
+    pub call_after_response: Vec<String>,
     /// Run this instead of `tclab testserver serve` as the worker (the
     /// last service): program and arguments, to which `--listen IP:PORT`
     /// is appended; it must print `ready …` once listening (e.g. a server
@@ -70,6 +73,7 @@ impl ChainOptions {
             ipv6: false,
             cgroups: false,
             forwarding: Vec::new(),
+            call_after_response: Vec::new(),
             downstream_keepalive: true,
             worker_command: None,
             tls: Vec::new(),
@@ -200,6 +204,9 @@ impl Chain {
             }
             if !opts.downstream_keepalive {
                 args.push("--no-downstream-keepalive".into());
+            }
+            if opts.call_after_response.iter().any(|f| f == name) {
+                args.push("--call-after-response".into());
             }
             args.extend(tls_args);
             let (program, args) = match (&opts.worker_command, k + 1 == SERVICES.len()) {

@@ -62,6 +62,10 @@ pub enum TestserverCommand {
         /// One downstream connection per call instead of a kept-alive one.
         #[arg(long)]
         no_downstream_keepalive: bool,
+        /// Answer first, then make the downstream call on the same thread
+        /// (work after the response: outside the request's trace).
+        #[arg(long)]
+        call_after_response: bool,
         /// Serve over TLS: make a self-signed certificate for the listening
         /// IP at start and write it (PEM) to this file for the callers.
         #[arg(long, value_name = "PATH")]
@@ -125,6 +129,7 @@ pub fn main(args: TestserverArgs) -> anyhow::Result<ExitCode> {
             routes,
             forward_traceparent,
             no_downstream_keepalive,
+            call_after_response,
             tls_cert_out,
             downstream_ca,
         } => {
@@ -134,6 +139,7 @@ pub fn main(args: TestserverArgs) -> anyhow::Result<ExitCode> {
                 routes,
                 forward_traceparent,
                 downstream_keepalive: !no_downstream_keepalive,
+                call_after_response,
                 tls_cert_out,
                 downstream_ca,
             };

@@ -57,6 +57,7 @@ pub fn execute(scenario: &Scenario, services: &Services, kernel: &KernelContext)
     let mut opts = ChainOptions::new(tclab_binary()?);
     opts.ipv6 = services.ipv6;
     opts.forwarding = services.forward.clone();
+    opts.call_after_response = services.after_response.clone();
     opts.tls = services.tls.clone();
     let mode = propagation_mode(scenario.agent.propagation);
     let backend = match scenario.agent.backend {

@@ -100,6 +100,10 @@ pub struct ServiceSpec {
     /// Reuse one downstream connection per serving thread (keep-alive);
     /// otherwise one connection per call.
     pub downstream_keepalive: bool,
+    /// Answer first, then make the downstream call on the same thread
+    /// (work after the response, like a fire-and-forget hook): the call is
+    /// outside the request, and so outside its trace.
+    pub call_after_response: bool,
     /// Serve over TLS: a self-signed certificate for the listening IP is
     /// made at start and written (PEM) to this path before `ready`.
     pub tls_cert_out: Option<PathBuf>,
@@ -154,11 +158,18 @@ fn serve_connection(spec: &ServiceSpec, stream: TcpStream, tls: Option<&Arc<rust
     let mut reader = BufReader::new(stream);
     let mut downstream: Option<Downstream> = None;
     while let Some(req) = http::read_request(&mut reader)? {
-        let (status, body) = handle(spec, &req, &mut downstream);
+        let (status, body) = handle(spec, &req, &mut downstream, !spec.call_after_response);
         let keep = req.keep_alive();
         let w = reader.get_mut();
         http::write_response(w, status, body.to_string().as_bytes(), keep)?;
         w.flush()?;
+        if spec.call_after_response {
+            // the answer is gone: what the call returns goes nowhere
+            let (status, doc) = handle(spec, &req, &mut downstream, true);
+            if status != 200 {
+                tracing::debug!(service = spec.name, status, %doc, "the call after the response failed");
+            }
+        }
         if !keep {
             break;
         }
@@ -166,7 +177,9 @@ fn serve_connection(spec: &ServiceSpec, stream: TcpStream, tls: Option<&Arc<rust
     Ok(())
 }
 
-fn handle(spec: &ServiceSpec, req: &Request, downstream: &mut Option<Downstream>) -> (u16, Value) {
+/// The request's document; with `call`, after calling its route's
+/// downstream (whose answer it includes).
+fn handle(spec: &ServiceSpec, req: &Request, downstream: &mut Option<Downstream>, call: bool) -> (u16, Value) {
     let path = req.path.split('?').next().unwrap_or_default();
     let mut doc = json!({
         "service": spec.name,
@@ -178,7 +191,7 @@ fn handle(spec: &ServiceSpec, req: &Request, downstream: &mut Option<Downstream>
         doc["error"] = json!(format!("no route {path}"));
         return (404, doc);
     };
-    let Some(target) = &route.downstream else { return (200, doc) };
+    let Some(target) = route.downstream.as_ref().filter(|_| call) else { return (200, doc) };
     let mut extra = Vec::new();
     if spec.forward_traceparent {
         for name in ["traceparent", "tracestate"] {
@@ -330,6 +343,7 @@ mod tests {
                 routes,
                 forward_traceparent: forward,
                 downstream_keepalive: true,
+                call_after_response: false,
                 tls_cert_out: None,
                 downstream_ca: None,
             };
@@ -355,5 +369,45 @@ mod tests {
         let (status, doc) = client.get(&format!("http://{front}/nope").parse().unwrap(), &[]).unwrap();
         assert_eq!(status, 404);
         assert_eq!(doc["error"], "no route /nope");
+    }
+
+    #[test]
+    fn a_service_told_to_call_after_responding_answers_first() {
+        // the downstream holds its answer until the test has read front's
+        let down = TcpListener::bind("127.0.0.1:0").unwrap();
+        let down_addr = down.local_addr().unwrap();
+        let (called, calls) = std::sync::mpsc::channel();
+        let (answer, go) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let (stream, _) = down.accept().unwrap();
+            let mut r = BufReader::new(stream);
+            while let Some(req) = http::read_request(&mut r).unwrap() {
+                called.send(req.path.clone()).unwrap();
+                go.recv().unwrap();
+                http::write_response(r.get_mut(), 200, b"{}", true).unwrap();
+            }
+        });
+        let spec = ServiceSpec {
+            name: "front".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            routes: vec![format!("/traceme=http://{down_addr}/users").parse().unwrap()],
+            forward_traceparent: false,
+            downstream_keepalive: true,
+            call_after_response: true,
+            tls_cert_out: None,
+            downstream_ca: None,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || serve(&spec, |a| tx.send(a).unwrap()));
+        let front = rx.recv().unwrap();
+        let mut client = Client::new(true);
+        for _ in 0..2 {
+            let (status, doc) = client.get(&format!("http://{front}/traceme").parse().unwrap(), &[]).unwrap();
+            assert_eq!(status, 200, "{doc}");
+            assert!(doc["downstream"].is_null(), "answered before calling: {doc}");
+            let path = calls.recv_timeout(std::time::Duration::from_secs(5)).expect("then it calls its downstream");
+            assert_eq!(path, "/users");
+            answer.send(()).unwrap();
+        }
     }
 }
