@@ -157,26 +157,9 @@ fn services(cx: &mut Ctx, raw: &Spanned<RawServices>, alone: bool) -> Option<Ser
             cx.err(f.span(), format!("unknown service `{}`, expected \"frontend\", \"backend\" or \"worker\"", f.get_ref()));
         }
     }
-    for a in &r.after_response {
-        if !["frontend", "backend"].contains(&a.get_ref().as_str()) {
-            let why = if a.get_ref() == "worker" {
-                "the worker calls nothing".to_owned()
-            } else {
-                format!("unknown service `{}`", a.get_ref())
-            };
-            cx.err(a.span(), format!("{why}, expected \"frontend\" or \"backend\" to call after its response"));
-        }
-    }
-    for t in &r.tls {
-        if !["backend", "worker"].contains(&t.get_ref().as_str()) {
-            let why = if t.get_ref() == "frontend" {
-                "the frontend is called by the chain's client, which runs no agent: that hop could not be traced".to_owned()
-            } else {
-                format!("unknown service `{}`", t.get_ref())
-            };
-            cx.err(t.span(), format!("{why}, expected \"backend\" or \"worker\" to serve TLS"));
-        }
-    }
+    let frontend_why = "the frontend is called by the chain's client, which runs no agent: that hop could not be traced";
+    services_in_role(cx, &r.after_response, ["frontend", "backend"], ("worker", "the worker calls nothing"), "to call after its response");
+    services_in_role(cx, &r.tls, ["backend", "worker"], ("frontend", frontend_why), "to serve TLS");
     Some(Services {
         requests,
         ipv6: r.ipv6,
@@ -185,6 +168,19 @@ fn services(cx: &mut Ctx, raw: &Spanned<RawServices>, alone: bool) -> Option<Ser
         after_response: dedup(r.after_response.iter().map(|a| a.get_ref().clone()).collect()),
         tls: dedup(r.tls.iter().map(|t| t.get_ref().clone()).collect()),
     })
+}
+
+/// Each of `names` must be one of the two services that can take the role;
+/// the service that cannot gets `refused`'s reason, others are unknown.
+fn services_in_role(cx: &mut Ctx, names: &[Spanned<String>], allowed: [&str; 2], refused: (&str, &str), role: &str) {
+    for n in names {
+        let name = n.get_ref().as_str();
+        if allowed.contains(&name) {
+            continue;
+        }
+        let why = if name == refused.0 { refused.1.to_owned() } else { format!("unknown service `{name}`") };
+        cx.err(n.span(), format!("{why}, expected \"{}\" or \"{}\" {role}", allowed[0], allowed[1]));
+    }
 }
 
 fn dedup<T: Ord>(mut v: Vec<T>) -> Vec<T> {

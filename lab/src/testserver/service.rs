@@ -316,6 +316,27 @@ impl Client {
 mod tests {
     use super::*;
 
+    /// A plain service on an ephemeral loopback port.
+    fn loopback_spec(name: &str, routes: Vec<Route>) -> ServiceSpec {
+        ServiceSpec {
+            name: name.to_owned(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            routes,
+            forward_traceparent: false,
+            downstream_keepalive: true,
+            call_after_response: false,
+            tls_cert_out: None,
+            downstream_ca: None,
+        }
+    }
+
+    /// Serve `spec` on a thread; its bound address.
+    fn start_on_loopback(spec: ServiceSpec) -> SocketAddr {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || serve(&spec, |a| tx.send(a).unwrap()));
+        rx.recv().unwrap()
+    }
+
     #[test]
     fn parses_routes_and_targets() {
         let r: Route = "/traceme=http://10.0.2.2:8081/tracemetoo".parse().unwrap();
@@ -337,19 +358,7 @@ mod tests {
     #[test]
     fn a_chain_on_loopback_nests_documents_and_does_not_propagate() {
         let start = |name: &str, routes: Vec<Route>, forward: bool| -> SocketAddr {
-            let spec = ServiceSpec {
-                name: name.to_owned(),
-                listen: "127.0.0.1:0".parse().unwrap(),
-                routes,
-                forward_traceparent: forward,
-                downstream_keepalive: true,
-                call_after_response: false,
-                tls_cert_out: None,
-                downstream_ca: None,
-            };
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || serve(&spec, |a| tx.send(a).unwrap()));
-            rx.recv().unwrap()
+            start_on_loopback(ServiceSpec { forward_traceparent: forward, ..loopback_spec(name, routes) })
         };
         let users = start("users", vec!["/users".parse().unwrap()], false);
         let too = start("too", vec![format!("/tracemetoo=http://{users}/users").parse().unwrap()], false);
@@ -387,19 +396,8 @@ mod tests {
                 http::write_response(r.get_mut(), 200, b"{}", true).unwrap();
             }
         });
-        let spec = ServiceSpec {
-            name: "front".into(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            routes: vec![format!("/traceme=http://{down_addr}/users").parse().unwrap()],
-            forward_traceparent: false,
-            downstream_keepalive: true,
-            call_after_response: true,
-            tls_cert_out: None,
-            downstream_ca: None,
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || serve(&spec, |a| tx.send(a).unwrap()));
-        let front = rx.recv().unwrap();
+        let routes = vec![format!("/traceme=http://{down_addr}/users").parse().unwrap()];
+        let front = start_on_loopback(ServiceSpec { call_after_response: true, ..loopback_spec("front", routes) });
         let mut client = Client::new(true);
         for _ in 0..2 {
             let (status, doc) = client.get(&format!("http://{front}/traceme").parse().unwrap(), &[]).unwrap();
